@@ -1,0 +1,246 @@
+"""One door from any backbone to "raw images in, pooled feature out".
+
+`get(spec)` accepts a `keras.applications` name, a KerasHub preset (hub name or
+local directory) or `keras_hub.models.Backbone`, a KerasCV backbone, or any
+`keras.Model`, and returns a functional `keras.Model` that takes images
+(batch, H, W, 3) with values 0..255, applies the backbone's own normalization
+(and resize, where the backbone needs a fixed size), runs the backbone and
+pools its output to (batch, features).
+"""
+
+import difflib
+import os
+
+import keras
+import keras_hub
+from keras import layers
+
+from keras_cskd.layers import PixelNormalization
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+# `keras.applications` families by the normalization their weights expect.
+_APPLICATION_MODES = {
+    "tf": ("mobilenet", "mobilenet_v2", "inception_v3", "xception", "inception_resnet_v2", "nasnet", "resnet_v2"),
+    "caffe": ("resnet", "vgg16", "vgg19"),
+    "torch": ("densenet",),
+    # These include their own normalization layer.
+    "none": ("efficientnet", "efficientnet_v2", "convnext", "mobilenet_v3", "regnet"),
+}
+
+
+def normalization(mode):
+    """A `PixelNormalization` for a named mode: "tf", "torch", "caffe", "none".
+
+    "tf" maps 0..255 to [-1, 1]; "torch" applies ImageNet mean/std; "caffe"
+    flips to BGR and subtracts the ImageNet mean; "none" only casts.
+    """
+    if mode == "tf":
+        return PixelNormalization(scale=1 / 127.5, offset=-1.0, name="normalization")
+    if mode == "torch":
+        return PixelNormalization(
+            scale=[1 / (255.0 * s) for s in IMAGENET_STD],
+            offset=[-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)],
+            name="normalization",
+        )
+    if mode == "caffe":
+        return PixelNormalization(
+            scale=1.0, offset=[-m for m in CAFFE_MEAN_BGR], reverse_channels=True, name="normalization"
+        )
+    if mode == "none":
+        return PixelNormalization(name="normalization")
+    raise ValueError(f"Unknown normalization mode {mode!r}; use 'tf', 'torch', 'caffe' or 'none'.")
+
+
+def _application_mode(constructor):
+    family = constructor.__module__.rsplit(".", 1)[-1]
+    for mode, families in _APPLICATION_MODES.items():
+        if family in families:
+            return mode
+    return "tf"
+
+
+def _application_names():
+    return sorted(n for n in dir(keras.applications) if n[:1].isupper())
+
+
+def _hub_preset_names():
+    return sorted(keras_hub.models.Backbone.presets)
+
+
+def _is_local_preset(spec):
+    return os.path.isdir(spec) and os.path.exists(os.path.join(spec, "config.json"))
+
+
+def _from_preset(preset, load_weights):
+    """A KerasHub backbone and its normalization from a preset."""
+    backbone = keras_hub.models.Backbone.from_preset(preset, load_weights=load_weights)
+    preprocessing = None
+    try:
+        converter = keras_hub.layers.ImageConverter.from_preset(preset)
+    except Exception:  # The preset ships no image converter.
+        converter = None
+    if converter is not None and (converter.scale is not None or converter.offset is not None):
+        preprocessing = PixelNormalization(
+            scale=converter.scale if converter.scale is not None else 1.0,
+            offset=converter.offset if converter.offset is not None else 0.0,
+            name="normalization",
+        )
+    return backbone, preprocessing
+
+
+def _resolve_name(spec, image_size, load_weights):
+    """(model, preprocessing) for a string spec, or a clear error."""
+    if spec in _application_names():
+        constructor = getattr(keras.applications, spec)
+        size = image_size or 224
+        model = constructor(
+            include_top=False,
+            weights="imagenet" if load_weights else None,
+            input_shape=(size, size, 3),
+        )
+        return model, normalization(_application_mode(constructor))
+    if _is_local_preset(spec) or spec in _hub_preset_names():
+        return _from_preset(spec, load_weights)
+    try:
+        import keras_cv
+
+        if spec in keras_cv.models.Backbone.presets:
+            model = keras_cv.models.Backbone.from_preset(spec, load_weights=load_weights)
+            return model, None
+    except ImportError:
+        pass
+    if os.path.exists(spec):
+        raise ValueError(
+            f"Backbone path {spec!r} is not a KerasHub preset directory "
+            "(no config.json); make one with `backbone.save_to_preset(dir)`."
+        )
+    choices = _application_names() + _hub_preset_names()
+    close = difflib.get_close_matches(spec, choices, n=3)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise ValueError(
+        f"Unknown backbone {spec!r}: not a keras.applications name (e.g. "
+        "'MobileNetV2'), a KerasHub or KerasCV preset name, or a local preset "
+        f"directory.{hint}"
+    )
+
+
+def _fixed_image_size(model):
+    """The (H, W) a model's image input requires, or None if any size works."""
+    shape = model.input_shape
+    if isinstance(shape, dict):
+        shape = next(iter(shape.values()))
+    if isinstance(shape, list):
+        shape = shape[0]
+    if shape is None or len(shape) != 4:
+        return None
+    height, width = shape[1], shape[2]
+    if height is None or width is None:
+        return None
+    return int(height), int(width)
+
+
+def _pool(features):
+    if isinstance(features, dict):
+        for key in ("sequence_output", "pooled_output"):
+            if key in features:
+                features = features[key]
+                break
+        else:
+            features = features[sorted(features)[-1]]
+    if len(features.shape) == 4:
+        return layers.GlobalAveragePooling2D(name="pool")(features)
+    if len(features.shape) == 3:
+        return layers.GlobalAveragePooling1D(name="pool")(features)
+    if len(features.shape) == 2:
+        return features
+    raise ValueError(f"Cannot pool a backbone output of shape {features.shape}.")
+
+
+def get(spec, image_size=None, load_weights=False, preprocessing=None, name=None):
+    """Resolve any backbone into a model: raw images 0..255 -> pooled feature.
+
+    Args:
+        spec: a `keras.applications` name ("MobileNetV2"), a KerasHub preset
+            name or local preset directory, a KerasCV preset name, a
+            `keras_hub.models.Backbone`, a KerasCV backbone, or a `keras.Model`.
+        image_size: int. The input size; a backbone that needs another fixed
+            size gets a resize inside. Defaults to the backbone's own size.
+        load_weights: bool. Load pretrained weights (needs the hub for names).
+            False gives random init, which works offline.
+        preprocessing: "tf", "torch", "caffe", "none" or a layer, overriding
+            the backbone's normalization. Backbone objects without a preset
+            default to ImageNet mean/std ("torch").
+        name: str. The model's name.
+
+    Returns:
+        A functional `keras.Model` (batch, H, W, 3) -> (batch, features).
+
+    Example:
+    >>> model = get("MobileNetV2", image_size=32)
+    >>> tuple(model(np.zeros((1, 32, 32, 3))).shape)
+    (1, 1280)
+    """
+    default_preprocessing = None
+    if isinstance(spec, str):
+        model, default_preprocessing = _resolve_name(spec, image_size, load_weights)
+    elif isinstance(spec, keras.Model):
+        model = spec
+        if _is_hub_or_cv_backbone(model):
+            default_preprocessing = normalization("torch")
+    else:
+        raise ValueError(
+            f"A backbone must be a name, a preset directory or a keras.Model; got {type(spec).__name__}."
+        )
+    if isinstance(preprocessing, str):
+        preprocessing = normalization(preprocessing)
+    preprocessing = preprocessing or default_preprocessing or normalization("none")
+
+    required_size = _fixed_image_size(model)
+    if image_size is None:
+        size = required_size
+    else:
+        size = (image_size, image_size)
+    inputs = keras.Input(shape=(*(size or (None, None)), 3), name="images")
+    x = preprocessing(inputs)
+    if required_size is not None and size != required_size:
+        x = layers.Resizing(*required_size, name="resize")(x)
+    features = _pool(model(x))
+    return keras.Model(inputs, features, name=name or f"{model.name}_features")
+
+
+def _is_hub_or_cv_backbone(model):
+    if isinstance(model, keras_hub.models.Backbone):
+        return True
+    try:
+        import keras_cv
+
+        return isinstance(model, keras_cv.models.Backbone)
+    except ImportError:
+        return False
+
+
+def ensure(spec, image_size=None):
+    """`spec` itself if it already maps images to pooled features, else `get(spec)`.
+
+    A feature model is a `keras.Model` (not a bare KerasHub/KerasCV backbone)
+    with one (batch, H, W, 3) input and a (batch, features) output, such as
+    what `get` returns or an `AlignedLearner`.
+    """
+    if (
+        isinstance(spec, keras.Model)
+        and not _is_hub_or_cv_backbone(spec)
+        and not isinstance(spec.input_shape, (dict, list))
+        and len(spec.input_shape) == 4
+        and not isinstance(spec.output_shape, (dict, list))
+        and len(spec.output_shape) == 2
+    ):
+        return spec
+    return get(spec, image_size=image_size)
+
+
+def feature_dim(model):
+    """Size of the pooled feature a `get(...)` model returns."""
+    return int(model.output_shape[-1])

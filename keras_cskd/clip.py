@@ -1,0 +1,171 @@
+"""The frozen CLIP image encoder that phase 1 aligns learners to."""
+
+import keras
+import keras_hub
+from keras import layers
+
+from keras_cskd.models.base import FunctionalModel
+from keras_cskd.layers import PixelNormalization
+
+# OpenAI CLIP's pixel mean and std (the values of KerasHub's CLIP converters).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CLIP_SCALE = [1.0 / (255.0 * s) for s in CLIP_STD]
+CLIP_OFFSET = [-m / s for m, s in zip(CLIP_MEAN, CLIP_STD)]
+
+
+@keras.saving.register_keras_serializable(package="keras_cskd")
+class TokenPooler(layers.Layer):
+    """(batch, tokens, dim) -> the token at `index`, as CLIP pools its class token."""
+
+    def __init__(self, index=0, **kwargs):
+        super().__init__(**kwargs)
+        self.index = index
+
+    def call(self, sequence):
+        return sequence[:, self.index, :]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"index": self.index})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_cskd")
+class CLIPImageTeacher(FunctionalModel):
+    """Frozen CLIP image embedding of raw images 0..255.
+
+    CLIP's own resize (bicubic, center crop to square) and mean/std run inside,
+    then the vision encoder, the class-token pooler and the image projection,
+    exactly as `keras_hub.models.CLIPBackbone.get_vision_embeddings`. The
+    model is not trainable and runs its encoder with `training=False`.
+
+    Args:
+        vision_encoder: a `keras_hub.models.CLIPVisionEncoder`.
+        projection_dim: int. The CLIP embedding size.
+        normalize: bool. L2-normalize the embedding.
+        image_size: int or None. The size of the images it is given; None
+            accepts any size.
+        scale, offset: the pixel normalization (CLIP's mean/std by default).
+
+    Example:
+    >>> teacher = CLIPImageTeacher.from_preset("clip_vit_base_patch16")  # doctest: +SKIP
+    >>> teacher.predict(images).shape  # doctest: +SKIP
+    (batch, 512)
+    """
+
+    def __init__(
+        self,
+        vision_encoder,
+        projection_dim,
+        normalize=True,
+        image_size=None,
+        scale=CLIP_SCALE,
+        offset=CLIP_OFFSET,
+        **kwargs,
+    ):
+        kwargs.pop("trainable", None)
+        # === Layers ===
+        self.vision_encoder = vision_encoder
+        self.normalization = PixelNormalization(scale=scale, offset=offset, name="normalization")
+        encoder_size = tuple(vision_encoder.image_shape[:2])
+        self.resize = layers.Resizing(
+            *encoder_size, interpolation="bicubic", crop_to_aspect_ratio=True, name="resize"
+        )
+        self.pooler = TokenPooler(0, name="pooler")
+        self.projection = layers.Dense(projection_dim, use_bias=False, name="vision_projection")
+        self.unit_norm = layers.UnitNormalization(axis=-1, name="l2_normalize") if normalize else None
+
+        # === Functional Model ===
+        size = (image_size, image_size) if image_size else (None, None)
+        images = keras.Input(shape=(*size, 3), name="images")
+        x = images
+        if size != encoder_size:
+            x = self.resize(x)
+        x = self.normalization(x)
+        x = self.vision_encoder({"images": x}, training=False)
+        x = self.projection(self.pooler(x))
+        if self.unit_norm is not None:
+            x = self.unit_norm(x)
+        super().__init__(inputs=images, outputs=x, **kwargs)
+
+        # === Config ===
+        self.projection_dim = projection_dim
+        self.normalize = normalize
+        self.image_size = image_size
+        self.scale = list(scale) if isinstance(scale, (list, tuple)) else scale
+        self.offset = list(offset) if isinstance(offset, (list, tuple)) else offset
+        self.trainable = False
+
+    @property
+    def embedding_dim(self):
+        return self.projection_dim
+
+    @classmethod
+    def from_backbone(cls, clip_backbone, normalize=True, image_size=None, scale=CLIP_SCALE, offset=CLIP_OFFSET, **kwargs):
+        """The image side of a `keras_hub.models.CLIPBackbone`, weights shared."""
+        if not isinstance(clip_backbone, keras_hub.models.CLIPBackbone):
+            raise ValueError(
+                f"CLIPImageTeacher needs a keras_hub.models.CLIPBackbone, got a "
+                f"{type(clip_backbone).__name__}."
+            )
+        teacher = cls(
+            clip_backbone.vision_encoder,
+            projection_dim=clip_backbone.projection_dim,
+            normalize=normalize,
+            image_size=image_size,
+            scale=scale,
+            offset=offset,
+            **kwargs,
+        )
+        teacher.projection.set_weights(clip_backbone.vision_projection.get_weights())
+        return teacher
+
+    @classmethod
+    def from_preset(cls, preset, normalize=True, image_size=None, load_weights=True, **kwargs):
+        """Build from a KerasHub CLIP preset: a hub name or a local directory.
+
+        Local directories come from `CLIPBackbone.save_to_preset(dir)` and
+        must be given as explicit paths (`./dir` or absolute). The preset's
+        image converter, if it has one, gives the pixel normalization.
+        """
+        try:
+            backbone = keras_hub.models.Backbone.from_preset(preset, load_weights=load_weights)
+        except Exception as error:
+            raise ValueError(f"Cannot load the CLIP preset {preset!r}: {error}") from error
+        if not isinstance(backbone, keras_hub.models.CLIPBackbone):
+            raise ValueError(
+                f"Preset {preset!r} holds a {type(backbone).__name__}, not a CLIP "
+                "model (keras_hub.models.CLIPBackbone)."
+            )
+        scale, offset = CLIP_SCALE, CLIP_OFFSET
+        try:
+            converter = keras_hub.layers.ImageConverter.from_preset(preset)
+        except Exception:  # The preset ships no image converter.
+            converter = None
+        if converter is not None and converter.scale is not None:
+            scale = converter.scale
+            offset = converter.offset if converter.offset is not None else 0.0
+        return cls.from_backbone(
+            backbone, normalize=normalize, image_size=image_size, scale=scale, offset=offset, **kwargs
+        )
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "vision_encoder": layers.serialize(self.vision_encoder),
+            "projection_dim": self.projection_dim,
+            "normalize": self.normalize,
+            "image_size": self.image_size,
+            "scale": self.scale,
+            "offset": self.offset,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["vision_encoder"] = layers.deserialize(config["vision_encoder"])
+        return cls(**config)

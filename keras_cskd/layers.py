@@ -1,0 +1,232 @@
+"""Layers of CSKD: pixel normalization, the MLP projector and the score heads."""
+
+import keras
+from keras import layers
+from keras import ops
+
+
+def bin_values_for(num_bins, bin_values=None):
+    """The score each bin stands for: `bin_values`, or 1..num_bins."""
+    if bin_values is None:
+        return [float(i) for i in range(1, num_bins + 1)]
+    if len(bin_values) != num_bins:
+        raise ValueError(
+            f"{len(bin_values)} bin values given for {num_bins} bins: {bin_values}."
+        )
+    return [float(v) for v in bin_values]
+
+
+def mean_score(distribution, bin_values=None):
+    """Expected score of (batch, bins) distributions over `bin_values` (1..N).
+
+    Accepts (batch,) or (batch, 1) scores too and returns them unchanged, so
+    metrics work on either distributions or mean scores.
+
+    Example:
+    >>> float(mean_score([[0.5, 0.0, 0.5]])[0])
+    2.0
+    """
+    distribution = ops.convert_to_tensor(distribution)
+    if not keras.backend.is_float_dtype(distribution.dtype):
+        distribution = ops.cast(distribution, "float32")
+    if len(distribution.shape) == 1:
+        return distribution
+    if len(distribution.shape) != 2:
+        raise ValueError(
+            "Expected score distributions of shape (batch, bins) or scores of "
+            f"shape (batch,), got shape {distribution.shape}."
+        )
+    num_bins = distribution.shape[-1]
+    if num_bins == 1:
+        return distribution[:, 0]
+    values = ops.convert_to_tensor(bin_values_for(num_bins, bin_values), distribution.dtype)
+    total = ops.maximum(ops.sum(distribution, axis=-1), 1e-12)
+    return ops.sum(distribution * values, axis=-1) / total
+
+
+@keras.saving.register_keras_serializable(package="keras_cskd")
+class PixelNormalization(layers.Layer):
+    """Raw images 0..255 -> `x * scale + offset` per channel, as float.
+
+    Covers every normalization a backbone expects: [-1, 1] (`scale=1/127.5,
+    offset=-1`), mean/std (`scale=1/(255 std)`, `offset=-mean/std`), and
+    Caffe's BGR mean subtraction (`reverse_channels=True`).
+
+    Args:
+        scale: float or 3 floats.
+        offset: float or 3 floats.
+        reverse_channels: bool. Flip RGB to BGR first.
+
+    Example:
+    >>> layer = PixelNormalization(scale=1 / 127.5, offset=-1.0)
+    >>> [float(v) for v in layer([[[[0, 255, 127.5]]]])[0, 0, 0]]
+    [-1.0, 1.0, 0.0]
+    """
+
+    def __init__(self, scale=1.0, offset=0.0, reverse_channels=False, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = scale
+        self.offset = offset
+        self.reverse_channels = reverse_channels
+
+    def call(self, images):
+        images = ops.cast(images, self.compute_dtype)
+        if self.reverse_channels:
+            images = ops.flip(images, axis=-1)
+        scale = ops.convert_to_tensor(self.scale, self.compute_dtype)
+        offset = ops.convert_to_tensor(self.offset, self.compute_dtype)
+        return images * scale + offset
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "scale": self.scale,
+                "offset": self.offset,
+                "reverse_channels": self.reverse_channels,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_cskd")
+class ProjectionHead(layers.Layer):
+    """The CFA projector: Dense -> ReLU -> Dense, from backbone feature to CLIP space.
+
+    Args:
+        hidden_dim: int. Width of the hidden layer.
+        output_dim: int. The CLIP embedding size.
+        activation: the hidden activation.
+        kernel_initializer: initializer of both kernels.
+
+    Example:
+    >>> head = ProjectionHead(hidden_dim=32, output_dim=8)
+    >>> tuple(head(np.zeros((2, 16))).shape)
+    (2, 8)
+    """
+
+    def __init__(
+        self,
+        hidden_dim,
+        output_dim,
+        activation="relu",
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.hidden_dim = hidden_dim
+        self.output_dim = output_dim
+        self.activation = activation
+        self.kernel_initializer = kernel_initializer
+        self.hidden = layers.Dense(
+            hidden_dim,
+            activation=activation,
+            kernel_initializer=kernel_initializer,
+            dtype=self.dtype_policy,
+            name="hidden",
+        )
+        self.output_projection = layers.Dense(
+            output_dim,
+            kernel_initializer=kernel_initializer,
+            dtype=self.dtype_policy,
+            name="output_projection",
+        )
+
+    def build(self, input_shape):
+        self.hidden.build(input_shape)
+        self.output_projection.build(self.hidden.compute_output_shape(input_shape))
+
+    def call(self, features):
+        return self.output_projection(self.hidden(features))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.output_dim,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "hidden_dim": self.hidden_dim,
+                "output_dim": self.output_dim,
+                "activation": self.activation,
+                "kernel_initializer": self.kernel_initializer,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_cskd")
+class ScoreHead(layers.Layer):
+    """Feature -> score distribution over `num_bins` (dropout, dense, softmax).
+
+    The softmax runs in float32 so mixed precision keeps valid distributions.
+
+    Args:
+        num_bins: int. 10 for AVA's 1..10 votes.
+        dropout: float. Dropout rate before the dense layer.
+
+    Example:
+    >>> head = ScoreHead(num_bins=10)
+    >>> probabilities = head(np.zeros((2, 16)))
+    >>> tuple(probabilities.shape), round(float(ops.sum(probabilities[0])), 4)
+    ((2, 10), 1.0)
+    """
+
+    def __init__(self, num_bins=10, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        if num_bins < 2:
+            raise ValueError(f"ScoreHead needs at least 2 bins, got num_bins={num_bins}.")
+        self.num_bins = num_bins
+        self.dropout = dropout
+        self.dropout_layer = layers.Dropout(dropout, dtype=self.dtype_policy, name="dropout")
+        self.logits = layers.Dense(num_bins, dtype=self.dtype_policy, name="logits")
+
+    def build(self, input_shape):
+        self.logits.build(input_shape)
+
+    def call(self, features, training=None):
+        logits = self.logits(self.dropout_layer(features, training=training))
+        return ops.softmax(ops.cast(logits, "float32"), axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.num_bins,)
+
+    def compute_output_spec(self, features, training=None):
+        shape = self.compute_output_shape(features.shape)
+        return keras.KerasTensor(shape, dtype="float32")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"num_bins": self.num_bins, "dropout": self.dropout})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_cskd")
+class MeanScore(layers.Layer):
+    """Score distribution (batch, bins) -> expected score (batch,).
+
+    Args:
+        bin_values: list of floats, the score of each bin; 1..N by default.
+
+    Example:
+    >>> float(MeanScore()(np.array([[0.0, 0.5, 0.5]]))[0])
+    2.5
+    """
+
+    def __init__(self, bin_values=None, **kwargs):
+        super().__init__(**kwargs)
+        self.bin_values = bin_values
+
+    def call(self, distribution):
+        return mean_score(distribution, self.bin_values)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"bin_values": self.bin_values})
+        return config
