@@ -1,0 +1,424 @@
+"""tf.data pipelines that feed `fit` on every Keras backend.
+
+All pipelines decode in parallel, crop and resize to a fixed square
+`image_size`, batch, and prefetch. Images leave as `uint8` (or `float32`)
+values 0..255: models own their normalization.
+
+- training (`training=True`): full shuffle of the file list each pass, random
+  crop of `crop_fraction` of each side, random horizontal flip,
+  `drop_remainder=True` (static batch shape);
+- evaluation: file order kept, center crop, the last partial batch kept.
+
+Crop-then-resize is the same as resize-then-crop (NIMA's resize to 256, crop
+224 with the default `crop_fraction=0.875`), but only the crop is resampled.
+By default the crop keeps the image's aspect ratio in the crop box and the
+resize squashes it to a square (the whole composition stays in view); with
+`keep_aspect_ratio=True` the crop box is a square of the shorter side.
+
+With a `seed`, every pass is reproducible: file order, crops and flips come
+from seeded stateless ops, and parallel stages keep their order. Successive
+passes (epochs) still differ from each other.
+
+Each returned dataset has a `skipped` attribute, a `SkipCounter` reporting
+unreadable files at the end of each pass.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from keras_cskd.data.images import SkipCounter, decode_image, file_image_stream, is_image_file, list_images
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+# === Unlabeled sources ===
+
+
+class ImageFiles:
+    """An explicit list of image files as an unlabeled source.
+
+    Example:
+
+    >>> ImageFiles(["a.jpg", "b.png"]).size
+    2
+    """
+
+    def __init__(self, paths, name="files"):
+        self.paths = [os.fspath(p) for p in paths]
+        self.name = name
+        if not self.paths:
+            raise ValueError(f"unlabeled source {name!r} holds no image files")
+
+    @classmethod
+    def from_path(cls, path):
+        """A folder (recursive) or a list file."""
+        return cls(list_images(path), name=os.fspath(path))
+
+    @property
+    def size(self):
+        return len(self.paths)
+
+    def stream(self, training, seed, counter):
+        return file_image_stream(
+            self.paths,
+            shuffle=training,
+            seed=seed,
+            deterministic=seed is not None or not training,
+            counter=counter,
+            name=self.name,
+        )
+
+
+class TFDSImages:
+    """The image feature of a prepared TFDS dataset as an unlabeled source.
+
+    Reads `tfds.builder(name, data_dir=data_dir)` as already prepared (nothing
+    is downloaded); the encoded images go through the same decoder as files.
+    `image_key` defaults to the first top-level `tfds.features.Image`.
+    Decode failures are dropped but not counted (TFDS checks images when it
+    builds a dataset).
+
+    Example (`"tfds:<name>[/<split>]"` strings work wherever a source does,
+    reading from TFDS's default data dir or `TFDS_DATA_DIR`):
+
+        TFDSImages("imagenet2012", split="train", data_dir="~/tensorflow_datasets")
+    """
+
+    def __init__(self, name, split="train", data_dir=None, image_key=None):
+        import tensorflow_datasets as tfds
+
+        self.name, self.split = name, split
+        self.builder = tfds.builder(name, data_dir=data_dir)
+        if not self.builder.is_prepared():
+            raise FileNotFoundError(
+                f"TFDS dataset {name!r} is not prepared in {self.builder.data_dir}; "
+                "prepare it first or pass data_dir (TFDS_DATA_DIR also works); nothing is downloaded here"
+            )
+        features = self.builder.info.features
+        if image_key is None:
+            image_key = next((k for k, f in features.items() if isinstance(f, tfds.features.Image)), None)
+        if image_key is None or not isinstance(features[image_key], tfds.features.Image):
+            raise ValueError(f"TFDS dataset {name!r} has no image feature {image_key or ''}")
+        self.image_key = image_key
+        self.size = self.builder.info.splits[split].num_examples
+
+    def stream(self, training, seed, counter):
+        import tensorflow_datasets as tfds
+
+        ds = self.builder.as_dataset(
+            split=self.split,
+            shuffle_files=training,
+            decoders={self.image_key: tfds.decode.SkipDecoding()},
+            read_config=tfds.ReadConfig(shuffle_seed=seed),
+        )
+        if training:
+            ds = ds.shuffle(min(self.size, 10_000), seed=seed, reshuffle_each_iteration=True)
+        key = f"tfds:{self.name}/{self.split}"
+        ds = ds.map(
+            lambda e: {"image": decode_image(e[self.image_key]), "key": tf.constant(key)},
+            num_parallel_calls=AUTOTUNE,
+            deterministic=seed is not None or not training,
+        )
+        return ds.ignore_errors()
+
+
+def as_source(source):
+    """A source object from a folder, list file, `"tfds:name[/split]"` or source object."""
+    if hasattr(source, "stream"):
+        return source
+    text = os.fspath(source)
+    if text.startswith("tfds:"):
+        name, _, split = text[5:].partition("/")
+        return TFDSImages(name, split or "train")
+    if os.path.isdir(text) or os.path.isfile(text) and not is_image_file(text):
+        return ImageFiles.from_path(text)
+    raise ValueError(f"unlabeled source is not a folder, list file or 'tfds:' name: {text}")
+
+
+def _as_sources(sources):
+    if isinstance(sources, (list, tuple)) and sources and all(
+        isinstance(s, (str, os.PathLike)) and is_image_file(s) for s in sources
+    ):
+        return [ImageFiles(sources)]
+    if isinstance(sources, (str, os.PathLike)) or hasattr(sources, "stream"):
+        sources = [sources]
+    if not sources:
+        raise ValueError("no unlabeled sources given")
+    return [as_source(s) for s in sources]
+
+
+# === Crop, resize, flip ===
+
+
+def _crop_resize(image, seed, *, image_size, training, crop_fraction, keep_aspect_ratio, dtype):
+    shape = tf.shape(image)
+    h, w = shape[0], shape[1]
+    if keep_aspect_ratio:
+        side = tf.minimum(h, w)
+        ch = cw = side
+    else:
+        ch, cw = h, w
+    ch = tf.clip_by_value(tf.cast(tf.round(tf.cast(ch, tf.float32) * crop_fraction), tf.int32), 1, h)
+    cw = tf.clip_by_value(tf.cast(tf.round(tf.cast(cw, tf.float32) * crop_fraction), tf.int32), 1, w)
+    if training:
+        top = tf.random.stateless_uniform([], seed=seed[0], maxval=h - ch + 1, dtype=tf.int32)
+        left = tf.random.stateless_uniform([], seed=seed[1], maxval=w - cw + 1, dtype=tf.int32)
+    else:
+        top, left = (h - ch) // 2, (w - cw) // 2
+    crop = image[top : top + ch, left : left + cw]
+    out = tf.image.resize(crop, [image_size, image_size], antialias=True)
+    if training:
+        flip = tf.random.stateless_uniform([], seed=seed[2]) < 0.5
+        out = tf.where(flip, out[:, ::-1], out)
+    out = tf.clip_by_value(out, 0.0, 255.0)
+    out = tf.cast(tf.round(out), tf.uint8) if dtype == "uint8" else tf.cast(out, dtype)
+    out.set_shape([image_size, image_size, 3])
+    return out
+
+
+def _augment(ds, *, training, seed, deterministic, label=True, **kwargs):
+    if kwargs["dtype"] not in ("uint8", "float32"):
+        raise ValueError(f"dtype must be 'uint8' or 'float32', got {kwargs['dtype']!r}")
+    randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    ds = tf.data.Dataset.zip(ds, randoms)
+
+    def fn(element, r):
+        seeds = tf.stack([tf.stack([r, tf.constant(k, tf.int64)]) for k in range(3)])
+        image = _crop_resize(element["image"], seeds, training=training, **kwargs)
+        return {**{k: v for k, v in element.items() if k != "image"}, "image": image}
+
+    return ds.map(fn, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+
+
+def _labeled(records, split, image_size, batch_size, training, seed, counter, crop_fraction, keep_aspect_ratio, dtype):
+    if split is not None:
+        records = records.select(split)
+    if training and len(records) < batch_size:
+        raise ValueError(
+            f"{records.name}/{split}: {len(records)} images is fewer than batch_size={batch_size}; "
+            "training drops the last partial batch, so no batch would be made"
+        )
+    deterministic = seed is not None or not training
+    ds = file_image_stream(
+        records.paths,
+        records.distributions,
+        shuffle=training,
+        seed=seed,
+        deterministic=deterministic,
+        counter=counter,
+        name=f"{records.name}/{split or 'all'}",
+    )
+    ds = _augment(
+        ds,
+        training=training,
+        seed=seed,
+        deterministic=deterministic,
+        image_size=image_size,
+        crop_fraction=crop_fraction,
+        keep_aspect_ratio=keep_aspect_ratio,
+        dtype=dtype,
+    )
+    ds = ds.map(lambda e: (e["image"], e["label"]))
+    return ds.batch(batch_size, drop_remainder=training)
+
+
+def labeled_dataset(
+    records,
+    split=None,
+    *,
+    image_size=224,
+    batch_size=32,
+    training=None,
+    seed=None,
+    crop_fraction=0.875,
+    keep_aspect_ratio=False,
+    dtype="uint8",
+    skipped=None,
+):
+    """Batches `(images, distributions)` from labeled records.
+
+    Args:
+        records: a `LabeledRecords` (from `read_ava`, `read_aadb`, `read_para`
+            or `LabeledRecords.from_arrays`).
+        split: split to use (`"train"`, `"val"`, `"test"`); `None` for all records.
+        image_size: output height and width.
+        batch_size: images per batch.
+        training: augment, shuffle and drop the last partial batch; default
+            `split == "train"`.
+        seed: makes the pipeline deterministic.
+        crop_fraction: fraction of each side kept by the crop.
+        keep_aspect_ratio: crop a square instead of squashing (see module doc).
+        dtype: `"uint8"` or `"float32"` images, values 0..255.
+        skipped: a `SkipCounter` to report to (default: a new one).
+
+    Returns:
+        `tf.data.Dataset` of `(images (B, S, S, 3), distributions (B, num_bins) float32)`,
+        with `.skipped` (`SkipCounter`).
+
+    Example:
+
+    >>> from keras_cskd.data import labeled_dataset, read_ava, synthetic
+    >>> world = synthetic.make_world("/tmp/cskd_doc_world", num_labeled=40, num_unlabeled=0)
+    >>> ds = labeled_dataset(read_ava(world.ava_root), "train", image_size=32, batch_size=8, seed=0)
+    >>> images, dists = next(iter(ds))
+    >>> images.shape, images.dtype.name, dists.shape
+    (TensorShape([8, 32, 32, 3]), 'uint8', TensorShape([8, 10]))
+    """
+    training = split == "train" if training is None else training
+    counter = skipped if skipped is not None else SkipCounter()
+    ds = _labeled(records, split, image_size, batch_size, training, seed, counter, crop_fraction, keep_aspect_ratio, dtype)
+    ds = ds.prefetch(AUTOTUNE)
+    ds.skipped = counter
+    return ds
+
+
+def _unlabeled(sources, weights, num_examples, repeat, image_size, batch_size, training, seed, counter, crop_fraction, keep_aspect_ratio, dtype, drop_remainder):
+    sources = _as_sources(sources)
+    streams = [s.stream(training, None if seed is None else seed + i, counter) for i, s in enumerate(sources)]
+    deterministic = seed is not None or not training
+    if len(streams) == 1 and num_examples is None:
+        ds = streams[0].repeat() if repeat else streams[0]
+    else:
+        sizes = np.array([s.size for s in sources], np.float64)
+        weights = sizes if weights is None else np.asarray(weights, np.float64)
+        if len(weights) != len(sources) or np.any(weights < 0) or weights.sum() <= 0:
+            raise ValueError(f"need one non-negative weight per source ({len(sources)}), got {weights}")
+        ds = tf.data.Dataset.sample_from_datasets(
+            [s.repeat() for s in streams],
+            weights=(weights / weights.sum()).tolist(),
+            seed=seed,
+            rerandomize_each_iteration=True,
+        )
+        if not repeat:
+            ds = ds.take(int(num_examples or sizes.sum()))
+    ds = _augment(
+        ds,
+        training=training,
+        seed=seed,
+        deterministic=deterministic,
+        image_size=image_size,
+        crop_fraction=crop_fraction,
+        keep_aspect_ratio=keep_aspect_ratio,
+        dtype=dtype,
+    )
+    return ds.batch(batch_size, drop_remainder=drop_remainder)
+
+
+def unlabeled_dataset(
+    sources,
+    *,
+    weights=None,
+    image_size=224,
+    batch_size=32,
+    training=True,
+    seed=None,
+    num_examples=None,
+    repeat=False,
+    return_paths=False,
+    crop_fraction=0.875,
+    keep_aspect_ratio=False,
+    dtype="uint8",
+    skipped=None,
+):
+    """Batches of images (no labels) from one or several sources, for `CLIPFeatureAligner.fit`.
+
+    Args:
+        sources: a source or a list of sources. A source is a folder (searched
+            recursively), a list file, `"tfds:<name>[/<split>]"`, an
+            `ImageFiles`, or a `TFDSImages`. A list whose items are all image
+            file paths is one `ImageFiles` source.
+        weights: mixing weight of each source; default proportional to source
+            size (every image equally likely). With one source, `None` reads it
+            in plain passes.
+        num_examples: images per epoch when mixing; default the sum of the
+            source sizes. Each source repeats on its own, so one epoch of a
+            mix need not cover every image exactly once.
+        repeat: repeat forever (then `fit` needs `steps_per_epoch`).
+        training: shuffle, random crop and flip, drop the last partial batch;
+            `False` keeps the order (one source) and center-crops.
+        return_paths: yield `(images, paths)` instead of `images`, e.g. to
+            match predictions with files (skipped files have no row).
+        image_size, batch_size, seed, crop_fraction, keep_aspect_ratio,
+        dtype, skipped: as in `labeled_dataset`.
+
+    Returns:
+        `tf.data.Dataset` of images `(B, S, S, 3)` (or `(images, paths)`),
+        with `.skipped`.
+
+    Example:
+
+    >>> from keras_cskd.data import unlabeled_dataset, synthetic
+    >>> world = synthetic.make_world("/tmp/cskd_doc_world", num_labeled=40, num_unlabeled=40)
+    >>> ds = unlabeled_dataset(world.unlabeled_dir, image_size=32, batch_size=8, seed=0)
+    >>> next(iter(ds)).shape
+    TensorShape([8, 32, 32, 3])
+    """
+    counter = skipped if skipped is not None else SkipCounter()
+    ds = _unlabeled(sources, weights, num_examples, repeat, image_size, batch_size, training, seed, counter, crop_fraction, keep_aspect_ratio, dtype, drop_remainder=training)
+    ds = ds.map(lambda e: (e["image"], e["key"]) if return_paths else e["image"])
+    ds = ds.prefetch(AUTOTUNE)
+    ds.skipped = counter
+    return ds
+
+
+def semi_supervised_dataset(
+    records,
+    unlabeled,
+    split="train",
+    *,
+    image_size=224,
+    batch_size=32,
+    unlabeled_ratio=1.0,
+    unlabeled_weights=None,
+    seed=None,
+    crop_fraction=0.875,
+    keep_aspect_ratio=False,
+    dtype="uint8",
+    skipped=None,
+):
+    """Labeled and unlabeled batches zipped, for `SemiSupervisedDistiller.fit`.
+
+    The labeled split defines the epoch (one shuffled pass); the unlabeled
+    stream repeats and is never exhausted. Both are training pipelines.
+
+    Args:
+        records: `LabeledRecords`.
+        unlabeled: unlabeled source(s), as in `unlabeled_dataset`.
+        split: labeled split.
+        batch_size: labeled images per batch.
+        unlabeled_ratio: unlabeled images per labeled image; the unlabeled
+            batch size is `max(1, round(batch_size * unlabeled_ratio))`.
+        unlabeled_weights: mixing weights of the unlabeled sources.
+        image_size, seed, crop_fraction, keep_aspect_ratio, dtype, skipped:
+            as in `labeled_dataset`; one `SkipCounter` serves both streams.
+
+    Returns:
+        `tf.data.Dataset` of
+        `({"labeled_images": (B, S, S, 3), "unlabeled_images": (U, S, S, 3)}, distributions (B, num_bins))`,
+        with `.skipped`.
+
+    Example:
+
+    >>> from keras_cskd.data import read_ava, semi_supervised_dataset, synthetic
+    >>> world = synthetic.make_world("/tmp/cskd_doc_world", num_labeled=40, num_unlabeled=40)
+    >>> ds = semi_supervised_dataset(read_ava(world.ava_root), world.unlabeled_dir,
+    ...                              image_size=32, batch_size=4, unlabeled_ratio=2, seed=0)
+    >>> x, y = next(iter(ds))
+    >>> x["labeled_images"].shape[0], x["unlabeled_images"].shape[0], y.shape
+    (4, 8, TensorShape([4, 10]))
+    """
+    counter = skipped if skipped is not None else SkipCounter()
+    common = dict(image_size=image_size, seed=seed, counter=counter, crop_fraction=crop_fraction, keep_aspect_ratio=keep_aspect_ratio, dtype=dtype)
+    labeled = _labeled(records, split, batch_size=batch_size, training=True, **common)
+    common["seed"] = None if seed is None else seed + 7919
+    unlabeled_batch = max(1, int(round(batch_size * unlabeled_ratio)))
+    unl = _unlabeled(unlabeled, unlabeled_weights, None, True, batch_size=unlabeled_batch, training=True, drop_remainder=True, **common)
+    ds = tf.data.Dataset.zip(labeled, unl.map(lambda e: e["image"]))
+    ds = ds.map(lambda l, u: ({"labeled_images": l[0], "unlabeled_images": u}, l[1]))
+    ds = ds.prefetch(AUTOTUNE)
+    ds.skipped = counter
+    return ds
