@@ -77,7 +77,7 @@ def _is_local_preset(spec):
 def _from_preset(preset, load_weights):
     """A KerasHub backbone and its normalization from a preset."""
     backbone = keras_hub.models.Backbone.from_preset(preset, load_weights=load_weights)
-    preprocessing = None
+    preprocessing = normalization("torch")  # As for a backbone object.
     try:
         converter = keras_hub.layers.ImageConverter.from_preset(preset)
     except Exception:  # The preset ships no image converter.
@@ -102,13 +102,15 @@ def _resolve_name(spec, image_size, load_weights):
             input_shape=(size, size, 3),
         )
         return model, normalization(_application_mode(constructor))
-    if _is_local_preset(spec) or spec in _hub_preset_names():
-        return _from_preset(spec, load_weights)
+    if _is_local_preset(spec):
+        return _from_preset(spec, True if load_weights is None else load_weights)
+    if spec in _hub_preset_names():
+        return _from_preset(spec, bool(load_weights))
     try:
         import keras_cv
 
         if spec in keras_cv.models.Backbone.presets:
-            model = keras_cv.models.Backbone.from_preset(spec, load_weights=load_weights)
+            model = keras_cv.models.Backbone.from_preset(spec, load_weights=bool(load_weights))
             return model, None
     except ImportError:
         pass
@@ -159,7 +161,7 @@ def _pool(features):
     raise ValueError(f"Cannot pool a backbone output of shape {features.shape}.")
 
 
-def get(spec, image_size=None, load_weights=False, preprocessing=None, name=None):
+def get(spec, image_size=None, load_weights=None, preprocessing=None, name=None):
     """Resolve any backbone into a model: raw images 0..255 -> pooled feature.
 
     Args:
@@ -168,8 +170,10 @@ def get(spec, image_size=None, load_weights=False, preprocessing=None, name=None
             `keras_hub.models.Backbone`, a KerasCV backbone, or a `keras.Model`.
         image_size: int. The input size; a backbone that needs another fixed
             size gets a resize inside. Defaults to the backbone's own size.
-        load_weights: bool. Load pretrained weights (needs the hub for names).
-            False gives random init, which works offline.
+        load_weights: bool. Load pretrained weights. By default a local
+            preset directory loads its weights and everything else (names
+            that would need the hub) starts from random init, which works
+            offline.
         preprocessing: "tf", "torch", "caffe", "none" or a layer, overriding
             the backbone's normalization. Backbone objects without a preset
             default to ImageNet mean/std ("torch").

@@ -110,16 +110,12 @@ class CLIPFeatureAligner(RestoresCompile, keras.Model):
         self.loss_trackers = [keras.metrics.Mean(name=f"{name}_loss") for name in self.learner_names]
         self.projection_hidden_dim = projection_hidden_dim
         self.image_size = image_size
+        self.built = True  # Every part is a built functional model.
 
     @property
     def learners(self):
         """The aligned learners by name (each an `AlignedLearner`)."""
         return dict(zip(self.learner_names, self.learner_models))
-
-    def build(self, input_shape):
-        for learner in self.learner_models:
-            learner.build(input_shape)
-        self.built = True
 
     def call(self, images, training=None):
         return {

@@ -68,11 +68,7 @@ class SemiSupervisedDistiller(RestoresCompile, keras.Model):
         self.supervised_loss = EMDLoss(squared=True)
         self.supervised_tracker = keras.metrics.Mean(name="supervised_loss")
         self.distillation_tracker = keras.metrics.Mean(name="distillation_loss")
-
-    def build(self, input_shape):
-        if not self.student.built:
-            self.student.build(input_shape)
-        self.built = True
+        self.built = True  # Teacher and student are built functional models.
 
     def call(self, inputs, training=None):
         if not isinstance(inputs, dict):
