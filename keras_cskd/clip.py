@@ -4,8 +4,8 @@ import keras
 import keras_hub
 from keras import layers
 
-from keras_cskd.models.base import FunctionalModel
 from keras_cskd.layers import PixelNormalization
+from keras_cskd.models.base import FunctionalModel
 
 # OpenAI CLIP's pixel mean and std (the values of KerasHub's CLIP converters).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -56,6 +56,9 @@ class CLIPImageTeacher(FunctionalModel):
     >>> teacher.predict(images).shape  # doctest: +SKIP
     (batch, 512)
     """
+
+    config_fields = ('vision_encoder', 'projection_dim', 'normalize', 'image_size', 'scale', 'offset')
+    layer_fields = ('vision_encoder',)
 
     def __init__(
         self,
@@ -152,20 +155,3 @@ class CLIPImageTeacher(FunctionalModel):
         return cls.from_backbone(
             backbone, normalize=normalize, image_size=image_size, scale=scale, offset=offset, **kwargs
         )
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "vision_encoder": layers.serialize(self.vision_encoder),
-            "projection_dim": self.projection_dim,
-            "normalize": self.normalize,
-            "image_size": self.image_size,
-            "scale": self.scale,
-            "offset": self.offset,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["vision_encoder"] = layers.deserialize(config["vision_encoder"])
-        return cls(**config)

@@ -4,11 +4,11 @@ import keras
 from keras import layers
 from keras import ops
 
-from keras_cskd.models.base import FunctionalModel
-from keras_cskd.models.base import RestoresCompile
 from keras_cskd import backbones
 from keras_cskd.layers import ProjectionHead
 from keras_cskd.losses import CosineAlignmentLoss
+from keras_cskd.models.base import FunctionalModel
+from keras_cskd.models.base import RestoresCompile
 
 
 @keras.saving.register_keras_serializable(package="keras_cskd")
@@ -30,6 +30,9 @@ class AlignedLearner(FunctionalModel):
     (2, 8)
     """
 
+    config_fields = ('backbone', 'output_dim', 'hidden_dim', 'image_size')
+    layer_fields = ('backbone',)
+
     def __init__(self, backbone, output_dim, hidden_dim=512, image_size=None, **kwargs):
         # === Layers ===
         self.backbone = backbone = backbones.ensure(backbone, image_size=image_size)
@@ -44,21 +47,6 @@ class AlignedLearner(FunctionalModel):
         self.output_dim = output_dim
         self.hidden_dim = hidden_dim
         self.image_size = image_size
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "backbone": layers.serialize(self.backbone),
-            "output_dim": self.output_dim,
-            "hidden_dim": self.hidden_dim,
-            "image_size": self.image_size,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["backbone"] = layers.deserialize(config["backbone"])
-        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="keras_cskd")

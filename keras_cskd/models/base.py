@@ -25,9 +25,30 @@ class FunctionalModel(RestoresCompile, keras.Model):
     from it: Keras turns this class into a `Functional` subclass.
     """
 
+    # Init arguments kept as attributes of the same name: `get_config` saves
+    # them, serializing those in `layer_fields` (nested layers and models).
+    config_fields = ()
+    layer_fields = ()
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._initialized = True
+
+    def get_config(self):
+        config = {"name": self.name}
+        for field in self.config_fields:
+            value = getattr(self, field)
+            if field in self.layer_fields:
+                value = keras.layers.serialize(value)
+            config[field] = value
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for field in cls.layer_fields:
+            config[field] = keras.layers.deserialize(config[field])
+        return cls(**config)
 
     def __setattr__(self, name, value):
         is_property = isinstance(getattr(type(self), name, None), property)

@@ -4,9 +4,9 @@ import keras
 from keras import layers
 from keras import ops
 
-from keras_cskd.models.base import RestoresCompile
 from keras_cskd.losses import EMDDistillation
 from keras_cskd.losses import EMDLoss
+from keras_cskd.models.base import RestoresCompile
 from keras_cskd.models.scorer import default_metrics
 
 LABELED = "labeled_images"

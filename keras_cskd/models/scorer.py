@@ -2,14 +2,13 @@
 
 import keras
 import numpy as np
-from keras import layers
 
-from keras_cskd.models.base import FunctionalModel
 from keras_cskd import backbones
 from keras_cskd import metrics as cskd_metrics
 from keras_cskd.layers import ScoreHead
 from keras_cskd.layers import bin_values_for
 from keras_cskd.losses import EMDLoss
+from keras_cskd.models.base import FunctionalModel
 
 
 def default_metrics(bin_values=None, threshold=5.0):
@@ -46,6 +45,9 @@ class AestheticScorer(FunctionalModel):
     (2, 10)
     """
 
+    config_fields = ('backbone', 'num_bins', 'dropout', 'bin_values', 'image_size')
+    layer_fields = ('backbone',)
+
     def __init__(self, backbone, num_bins=10, dropout=0.0, bin_values=None, image_size=None, **kwargs):
         bin_values_for(num_bins, bin_values)  # Validates the pair.
         # === Layers ===
@@ -76,19 +78,3 @@ class AestheticScorer(FunctionalModel):
         distributions = self.predict(images, batch_size=batch_size, verbose=verbose)
         values = np.asarray(bin_values_for(self.num_bins, self.bin_values), dtype="float32")
         return distributions @ values
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "backbone": layers.serialize(self.backbone),
-            "num_bins": self.num_bins,
-            "dropout": self.dropout,
-            "bin_values": self.bin_values,
-            "image_size": self.image_size,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["backbone"] = layers.deserialize(config["backbone"])
-        return cls(**config)
