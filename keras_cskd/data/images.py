@@ -8,7 +8,8 @@ pixels the way a photo viewer would.
 
 Files that are missing, empty, truncated, corrupt or not images at all are
 dropped from the stream (`ignore_errors`), and a `SkipCounter` is told which
-ones at the end of every pass.
+ones at the end of every pass. (Training streams then refill the epoch to its
+full length from the next pass, so the number of batches stays known.)
 """
 
 from __future__ import annotations
@@ -80,46 +81,49 @@ _ORIENTATION_LE = b"\x12\x01\x03\x00\x01\x00\x00\x00"
 _ORIENTATION_BE = b"\x01\x12\x00\x03\x00\x00\x00\x01"
 
 
-def exif_orientation(data):
-    """EXIF orientation (1..8) of JPEG bytes; 1 when absent or not a JPEG."""
-    head = tf.strings.substr(data, 0, 131072)
-    exif = tf.strings.split(head, sep="Exif\x00\x00", maxsplit=1)
-    tiff = exif[-1]
-    little = tf.equal(tf.strings.substr(tiff, 0, 2), "II")
-    entry = tf.where(little, _ORIENTATION_LE, _ORIENTATION_BE)
-    found = tf.strings.split(tiff, sep=entry, maxsplit=1)
-    value = tf.strings.substr(found[-1], tf.where(little, 0, 1), 1)
-    ok = (
-        tf.equal(tf.strings.substr(data, 0, 2), b"\xff\xd8")
-        & tf.equal(tf.size(exif), 2)
-        & tf.equal(tf.size(found), 2)
-        & tf.equal(tf.strings.length(value), 1)
+def _has_exif(data):
+    """Whether JPEG bytes start with an EXIF segment (alone or after a JFIF header)."""
+    return tf.equal(tf.strings.substr(data, 0, 2), b"\xff\xd8") & (
+        tf.equal(tf.strings.substr(data, 6, 4), b"Exif") | tf.equal(tf.strings.substr(data, 24, 4), b"Exif")
     )
+
+
+def exif_orientation(data):
+    """EXIF orientation (1..8) of JPEG bytes; 1 when absent or not a JPEG.
+
+    Finds the "Exif" segment in the first 64 KiB and the orientation entry
+    (tag 0x0112) in its TIFF block, in either byte order.
+    """
+    exif = tf.strings.split(tf.strings.substr(data, 0, 65536), sep=b"Exif\x00\x00", maxsplit=1)
+    tiff = exif[-1]
+    little = tf.equal(tf.strings.substr(tiff, 0, 2), b"II")
+    found = tf.strings.split(tiff, sep=tf.where(little, _ORIENTATION_LE, _ORIENTATION_BE), maxsplit=1)
+    value = tf.strings.substr(found[-1], tf.where(little, 0, 1), 1)
+    ok = _has_exif(data) & tf.equal(tf.size(exif), 2) & tf.equal(tf.size(found), 2) & tf.equal(tf.strings.length(value), 1)
     value = tf.cast(tf.io.decode_raw(tf.where(ok, value, b"\x01"), tf.uint8)[0], tf.int32)
     return tf.where((value >= 1) & (value <= 8), value, 1)
 
 
 def _orient(image, orientation):
-    """Apply an EXIF orientation so the image displays upright (as PIL's exif_transpose)."""
-    t = lambda x: tf.transpose(x, [1, 0, 2])  # noqa: E731
-    branches = [
-        lambda: image,
-        lambda: image[:, ::-1],  # 2: mirror
-        lambda: image[::-1, ::-1],  # 3: rotate 180
-        lambda: image[::-1],  # 4: flip vertically
-        lambda: t(image),  # 5: transpose
-        lambda: t(image)[:, ::-1],  # 6: rotate 90 clockwise
-        lambda: t(image)[::-1, ::-1],  # 7: transverse
-        lambda: t(image)[::-1],  # 8: rotate 90 counter-clockwise
-    ]
-    return tf.switch_case(orientation - 1, branches)
+    """Apply an EXIF orientation so the image displays upright (as PIL's exif_transpose).
+
+    Orientations 5..8 swap the axes first; then 2, 3, 6, 7 mirror left-right
+    and 3, 4, 7, 8 flip top-bottom.
+    """
+    o = tf.cast(orientation, tf.int32)
+    image = tf.transpose(image, tf.where(o >= 5, [1, 0, 2], [0, 1, 2]))
+    flip_lr = tf.reduce_any(tf.equal(o, [2, 3, 6, 7]))
+    flip_ud = tf.reduce_any(tf.equal(o, [3, 4, 7, 8]))
+    return tf.reverse(image, tf.boolean_mask([0, 1], tf.stack([flip_ud, flip_lr])))
 
 
 def decode_image(data):
     """Encoded image bytes -> upright uint8 RGB tensor `(H, W, 3)`.
 
     Raises (inside tf.data: the element is dropped) when the bytes are not a
-    decodable image.
+    decodable image. The EXIF orientation of JPEGs is applied when their EXIF
+    segment comes first or right after the standard JFIF header, where cameras
+    and editors put it; images without EXIF take a fast path.
 
     Example:
 
@@ -128,8 +132,11 @@ def decode_image(data):
     >>> decode_image(png).shape
     TensorShape([4, 6, 3])
     """
-    image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
-    image = _orient(image, exif_orientation(data))
+
+    def plain():
+        return tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+
+    image = tf.cond(_has_exif(data), lambda: _orient(plain(), exif_orientation(data)), plain)
     image.set_shape([None, None, 3])
     return image
 
@@ -140,14 +147,13 @@ def decode_image(data):
 class SkipCounter:
     """Image files skipped because they could not be read or decoded.
 
-    The pipelines fill it in at the end of every pass over a file list and log
-    one line when something was skipped. Read it any time:
+    The pipelines fill it in at the end of each pass over a file list that
+    skipped something, and log one line then. Read it any time:
 
     Attributes:
         count: number of distinct files skipped so far.
         examples: up to `max_examples` `(path, reason)` pairs.
-        passes: number of completed passes.
-        last_pass: `(skipped, total)` of the latest completed pass.
+        last_pass: `(skipped, total)` of the latest pass that skipped files.
 
     Example:
 
@@ -160,18 +166,16 @@ class SkipCounter:
         self.max_examples = max_examples
         self.count = 0
         self.examples = []
-        self.passes = 0
         self.last_pass = (0, 0)
         self._skipped = set()
         self._lock = threading.Lock()
 
     def end_pass(self, name, paths, seen):
-        """Record a finished pass over `paths`, of which indices `seen` came through."""
+        """Record a pass over `paths` in which only the indices `seen` came through."""
         mask = np.ones(len(paths), bool)
         mask[np.asarray(seen, np.int64)] = False
         missing = [str(paths[i]) for i in np.flatnonzero(mask)]
         with self._lock:
-            self.passes += 1
             self.last_pass = (len(missing), len(paths))
             new = [p for p in missing if p not in self._skipped]
             self._skipped.update(new)
@@ -205,58 +209,67 @@ def skip_reason(path):
     return "corrupt or truncated image" if head.startswith(known) else "not an image"
 
 
-def file_image_stream(paths, labels=None, *, shuffle=False, seed=None, deterministic=True, counter=None, name="images"):
+def file_image_stream(paths, labels=None, *, shuffle=False, seed=None, deterministic=True, keep_length=False, counter=None, name="images"):
     """Dataset of `{"image", "key", ["label"]}` decoded from files, bad files skipped.
 
     One pass over `paths` (shuffled if asked); the element order is
     deterministic when `deterministic` (and `seed`, if shuffling) are set.
-    At the end of each pass, `counter.end_pass` learns which files were dropped.
+    When a pass skipped files, `counter.end_pass` learns which, at its end.
+
+    With `keep_length`, the stream always has exactly `len(paths)` elements
+    (a known cardinality): the places of skipped files are filled with the
+    first images of the next (reshuffled) pass.
     """
     paths = np.asarray([os.fspath(p) for p in paths], str)
     if len(paths) == 0:
         raise ValueError(f"{name}: no image files to read")
     n = len(paths)
+    counter = counter or SkipCounter()
+    # Indices of the images decoded in the current pass. Only successes are
+    # recorded, inside the (parallel) decode step; the pass's first and last
+    # steps, which yield nothing, clear the record and report the rest.
+    seen = tf.lookup.experimental.MutableHashTable(tf.int64, tf.int32, default_value=0)
+
+    def load(element):
+        image = decode_image(tf.io.read_file(element["key"]))
+        with tf.control_dependencies([image]):  # only once decoding succeeded
+            recorded = seen.insert(element["index"], 1)
+        with tf.control_dependencies([recorded]):
+            image = tf.identity(image)
+        return {**{k: v for k, v in element.items() if k != "index"}, "image": image}
+
+    def report():
+        keys, _ = seen.export()
+        if len(keys) < n:
+            counter.end_pass(name, paths, keys.numpy())
+        return True
+
+    def clear():
+        keys, _ = seen.export()
+        with tf.control_dependencies([seen.remove(keys)]):
+            return tf.constant(True)
+
     elements = {"index": np.arange(n, dtype=np.int64), "key": paths}
     if labels is not None:
         elements["label"] = labels
     ds = tf.data.Dataset.from_tensor_slices(elements)
     if shuffle:
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-
-    def load(element):
-        return {**element, "image": decode_image(tf.io.read_file(element["key"]))}
-
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    ds = ds.ignore_errors()
-    return _track_pass(ds, paths, counter or SkipCounter(), name)
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic).ignore_errors()
+    ds = _side_step(clear, ds.element_spec).concatenate(ds)
+    ds = ds.concatenate(_side_step(lambda: tf.py_function(report, [], tf.bool), ds.element_spec))
+    return ds.repeat().take(n) if keep_length else ds
 
 
-def _track_pass(ds, paths, counter, name):
-    """Remember which indices come through; report the rest after a sentinel element."""
-    seen = tf.lookup.experimental.MutableHashTable(tf.int64, tf.int32, default_value=0)
+def _side_step(fn, element_spec):
+    """A dataset that runs `fn` once when iterated and yields nothing, typed like `element_spec`."""
 
-    def report():
-        keys, _ = seen.export()
-        seen.remove(keys)
-        counter.end_pass(name, paths, keys.numpy())
-        return True
-
-    def insert(index):
-        with tf.control_dependencies([seen.insert(index, 1)]):
-            return tf.constant(True)
-
-    def sentinel_of(spec):
+    def placeholder(spec):
         shape = [1 if d is None else d for d in spec.shape]
-        value = "" if spec.dtype == tf.string else -1 if spec.dtype == tf.int64 else 0
-        return tf.fill(shape, tf.constant(value, spec.dtype))
+        return tf.zeros(shape, spec.dtype) if spec.dtype != tf.string else tf.fill(shape, "")
 
-    sentinel = tf.data.Dataset.from_tensors(tf.nest.map_structure(sentinel_of, ds.element_spec))
+    def run(_):
+        with tf.control_dependencies([fn()]):
+            return tf.nest.map_structure(placeholder, element_spec)
 
-    def mark(element):
-        index = element["index"]
-        done = tf.cond(index < 0, lambda: tf.py_function(report, [], tf.bool), lambda: insert(index))
-        with tf.control_dependencies([done]):
-            return {k: tf.identity(v) for k, v in element.items()}
-
-    ds = ds.concatenate(sentinel).map(mark).filter(lambda e: e["index"] >= 0)
-    return ds.map(lambda e: {k: v for k, v in e.items() if k != "index"})
+    return tf.data.Dataset.range(1).map(run).filter(lambda *_: False)
