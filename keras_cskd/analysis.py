@@ -797,8 +797,9 @@ def run_command(args):
     print(f"{result['num_images']} images")
     for name, stats in result["models"].items():
         print(f"{name} ({stats['backbone']}): layer, mean distance (px), entropy (nats)")
+        width = max(len(layer) for layer in stats["layers"])
         rows = zip(stats["layers"], stats["mean_distance"], stats["entropy"])
         for layer, distance, entropy in rows:
-            print(f"  {layer:<24} {np.mean(distance):8.2f} {np.mean(entropy):8.3f}")
+            print(f"  {layer:<{width}} {np.mean(distance):8.2f} {np.mean(entropy):8.3f}")
     print(f"wrote {os.path.join(args.out, JSON_NAME)}, " + ", ".join(result["plots"]))
     return 0
