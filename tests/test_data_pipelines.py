@@ -221,7 +221,7 @@ def test_all_files_broken_gives_empty_pass(tmp_path):
 def test_empty_sources_are_errors(tmp_path):
     with pytest.raises(ValueError, match="holds no image files"):
         unlabeled_dataset(str(tmp_path))
-    with pytest.raises(ValueError, match="not a folder, list file or 'tfds:' name"):
+    with pytest.raises(ValueError, match="not a folder, list file, image file or 'tfds:' name"):
         unlabeled_dataset(str(tmp_path / "nothing"))
 
 

@@ -272,3 +272,19 @@ def test_synthetic_votes_follow_visible_attributes(world, tmp_path):
     assert votes.sum(1).min() >= 50 and votes.sum(1).max() <= 150
     spread = np.sqrt((r.distributions * (np.arange(1, 11) - r.mean_scores[:, None]) ** 2).sum(1))
     assert 1.0 < spread.mean() < 1.8
+
+
+# === Docstring examples ===
+
+
+@pytest.mark.parametrize("module", ["records", "readers", "images", "synthetic", "pipelines"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("backend-independent; runs under KERAS_BACKEND=tensorflow")
+    result = doctest.testmod(importlib.import_module(f"keras_cskd.data.{module}"), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0

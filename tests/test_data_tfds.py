@@ -3,10 +3,16 @@
 import shutil
 import tempfile
 
+import keras
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+# Builders and TFDS sources never meet a model: the same TF code runs under
+# every backend, so they run once, with the tensorflow backend.
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="backend-independent; runs under KERAS_BACKEND=tensorflow"
+)
 pytest.importorskip("dill", reason="tfds.testing needs dill (in keras-cskd's [test] extra)")
 
 from keras_cskd.data import TFDSImages, read_ava, synthetic, unlabeled_dataset

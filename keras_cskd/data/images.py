@@ -7,9 +7,10 @@ images come out as 8-bit RGB. TensorFlow ignores the EXIF orientation tag, so
 pixels the way a photo viewer would.
 
 Files that are missing, empty, truncated, corrupt or not images at all are
-dropped from the stream (`ignore_errors`), and a `SkipCounter` is told which
-ones at the end of every pass. (Training streams then refill the epoch to its
-full length from the next pass, so the number of batches stays known.)
+dropped from the stream (`ignore_errors`); at the end of a pass that dropped
+any, a `SkipCounter` is told which, and one log line names a few. (Training
+streams then refill the epoch to its full length from the next pass, so the
+number of batches stays known.)
 """
 
 from __future__ import annotations
@@ -182,14 +183,11 @@ class SkipCounter:
             self.count = len(self._skipped)
             for path in new[: max(0, self.max_examples - len(self.examples))]:
                 self.examples.append((path, skip_reason(path)))
-        if missing:
-            shown = ", ".join(f"{p} ({skip_reason(p)})" for p in missing[:3])
-            logger.warning(
-                "%s: skipped %d of %d image files in this pass (unreadable or not images), e.g. %s",
-                name, len(missing), len(paths), shown,
-            )
-        else:
-            logger.debug("%s: pass over %d image files, none skipped", name, len(paths))
+        shown = ", ".join(f"{p} ({skip_reason(p)})" for p in missing[:3])
+        logger.warning(
+            "%s: skipped %d of %d image files in this pass (unreadable or not images), e.g. %s",
+            name, len(missing), len(paths), shown,
+        )
 
     def __repr__(self):
         return f"SkipCounter(count={self.count}, examples={[p for p, _ in self.examples]})"
@@ -203,8 +201,11 @@ def skip_reason(path):
         return "missing"
     if size == 0:
         return "empty file"
-    with open(path, "rb") as f:
-        head = f.read(16)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return "unreadable"
     known = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"BM", b"RIFF")
     return "corrupt or truncated image" if head.startswith(known) else "not an image"
 

@@ -133,7 +133,8 @@ class TFDSImages:
             num_parallel_calls=AUTOTUNE,
             deterministic=seed is not None or not training,
         )
-        return ds.ignore_errors()
+        ds = ds.ignore_errors()
+        return ds.repeat().take(self.size) if training else ds  # known epoch length, as for files
 
 
 def as_source(source):
@@ -146,9 +147,9 @@ def as_source(source):
     if text.startswith("tfds:"):
         name, _, split = text[5:].partition("/")
         return TFDSImages(name, split or "train")
-    if os.path.isdir(text) or os.path.isfile(text) and not is_image_file(text):
+    if os.path.isdir(text) or os.path.isfile(text):
         return ImageFiles.from_path(text)
-    raise ValueError(f"unlabeled source is not a folder, list file or 'tfds:' name: {text}")
+    raise ValueError(f"unlabeled source is not a folder, list file, image file or 'tfds:' name: {text}")
 
 
 def _as_sources(sources):

@@ -88,7 +88,7 @@ def read_ava(
     >>> from keras_cskd.data import read_ava, synthetic
     >>> world = synthetic.make_world("/tmp/cskd_doc_world", num_labeled=40, num_unlabeled=0)
     >>> read_ava(world.ava_root, test_list=world.ava_test_list)
-    LabeledRecords('ava', 40, 10 bins, train=34, test=4, val=2)
+    LabeledRecords('ava', 40 images, 10 bins, train=34, test=4, val=2)
     """
     labels_path = _need_file(os.path.join(root, labels_file), "AVA label file")
     images_dir = images_dir or _first_dir(root, ["images", "image"])
