@@ -66,7 +66,9 @@ def main(argv=None):
     cores = os.cpu_count() or 1
     out_dir = args.out_dir or tempfile.mkdtemp(prefix="cskd_bench_")
     start = time.perf_counter()
-    world = synthetic.make_world(out_dir, num_labeled=args.num_images, num_unlabeled=0, image_size=args.file_size, seed=0)
+    world = synthetic.make_world(
+        out_dir, num_labeled=args.num_images, num_unlabeled=0, image_size=args.file_size, seed=0
+    )
     generation = args.num_images / (time.perf_counter() - start) * 60
     records = read_ava(world.ava_root, val_fraction=0.0, test_fraction=0.0)
 
@@ -117,7 +119,8 @@ def main(argv=None):
     results["model"] = "MobileNetV2 (random init) + Dense softmax"
     results["train_step_s"] = round(step_time, 4)
     results["train_step_images_per_s"] = round(args.batch_size / step_time)
-    results["pipeline_over_training"] = round(results["train_pipeline_images_per_s"] / results["train_step_images_per_s"], 2)
+    ratio = results["train_pipeline_images_per_s"] / results["train_step_images_per_s"]
+    results["pipeline_over_training"] = round(ratio, 2)
     results["pipeline_keeps_up"] = results["pipeline_over_training"] >= 1.0
 
     width = max(map(len, results))

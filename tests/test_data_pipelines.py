@@ -27,7 +27,8 @@ SIZE = 24
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    return synthetic.make_world(tmp_path_factory.mktemp("world"), num_labeled=40, num_unlabeled=24, image_size=32, seed=1)
+    root = tmp_path_factory.mktemp("world")
+    return synthetic.make_world(root, num_labeled=40, num_unlabeled=24, image_size=32, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +99,10 @@ def test_keep_aspect_ratio_crops_a_square(tmp_path):
     img[:, :20] = 255  # white left third, outside a centered square crop of the shorter side
     Image.fromarray(img).save(tmp_path / "wide.png")
     r = LabeledRecords.from_arrays([str(tmp_path / "wide.png")], [[1, 1]])
-    squash = _batches(labeled_dataset(r, training=False, image_size=8, batch_size=1, crop_fraction=1.0))[0][0]
-    square = _batches(labeled_dataset(r, training=False, image_size=8, batch_size=1, crop_fraction=1.0, keep_aspect_ratio=True))[0][0]
+    def first_image(**kw):
+        return _batches(labeled_dataset(r, image_size=8, batch_size=1, crop_fraction=1.0, **kw))[0][0]
+
+    squash, square = first_image(), first_image(keep_aspect_ratio=True)
     assert squash[0, :, :2].min() == 255 and square[0].max() == 0
 
 
@@ -183,7 +186,8 @@ def test_bad_files_are_skipped_and_reported(messy, caplog):
     paths = [str(d / n) for n in sorted(good + bad)]
     r = LabeledRecords.from_arrays(paths, np.ones((len(paths), 10)))
     with caplog.at_level(logging.WARNING, logger="keras_cskd.data"):
-        ds = labeled_dataset(r, training=True, image_size=SIZE, batch_size=2, seed=0, skipped=SkipCounter(max_examples=10))
+        counter = SkipCounter(max_examples=10)
+        ds = labeled_dataset(r, training=True, image_size=SIZE, batch_size=2, seed=0, skipped=counter)
         n = sum(len(x) for x, _ in ds)
     # Training keeps the epoch length: skipped places are refilled from the next pass.
     assert ds.cardinality() == len(paths) // 2 and n == len(paths)
@@ -251,7 +255,9 @@ def test_unlabeled_folder_list_file_and_paths(world, tmp_path):
 def test_mixed_sources_follow_weights(tmp_path):
     red = _solid_folder(tmp_path / "red", (255, 0, 0), 10)
     blue = _solid_folder(tmp_path / "blue", (0, 0, 255), 30)
-    make = lambda **kw: unlabeled_dataset([red, ImageFiles.from_path(blue)], image_size=8, batch_size=10, seed=3, **kw)  # noqa: E731
+    def make(**kw):
+        return unlabeled_dataset([red, ImageFiles.from_path(blue)], image_size=8, batch_size=10, seed=3, **kw)
+
     ds = make(weights=[0.8, 0.2], num_examples=200)
     images = np.concatenate(_batches(ds))
     assert len(images) == 200
@@ -269,16 +275,22 @@ def test_mixed_sources_follow_weights(tmp_path):
 
 
 def test_semi_supervised_structure(records, world):
-    ds = semi_supervised_dataset(records, world.unlabeled_dir, image_size=SIZE, batch_size=4, unlabeled_ratio=2.5, seed=0)
+    def make():
+        return semi_supervised_dataset(
+            records, world.unlabeled_dir, image_size=SIZE, batch_size=4, unlabeled_ratio=2.5, seed=0
+        )
+
+    ds = make()
     x_spec, y_spec = ds.element_spec
     assert x_spec["labeled_images"].shape == (4, SIZE, SIZE, 3)
     assert x_spec["unlabeled_images"].shape == (10, SIZE, SIZE, 3)
     assert y_spec.shape == (4, 10)
     # The labeled split defines the epoch; 24 unlabeled images repeat as needed.
-    assert len(_batches(ds)) == 28 // 4
-    again = _batches(semi_supervised_dataset(records, world.unlabeled_dir, image_size=SIZE, batch_size=4, unlabeled_ratio=2.5, seed=0))
-    first = _batches(ds)  # second pass of `ds` differs, a fresh pipeline repeats the first
-    assert not np.array_equal(first[0][1], again[0][1]) or not np.array_equal(first[0][0]["unlabeled_images"], again[0][0]["unlabeled_images"])
+    pass1, pass2, fresh = _batches(ds), _batches(ds), _batches(make())
+    assert len(pass1) == 28 // 4 and ds.cardinality() == 28 // 4
+    np.testing.assert_array_equal(pass1[-1][0]["unlabeled_images"], fresh[-1][0]["unlabeled_images"])
+    np.testing.assert_array_equal(pass1[0][1], fresh[0][1])
+    assert not np.array_equal(pass1[0][1], pass2[0][1])
 
 
 # === The pipelines meet models on the current backend ===
@@ -337,7 +349,8 @@ def test_fit_labeled(records):
 def test_fit_unlabeled_and_semi_supervised(records, world):
     model = ImageOnlyModel()
     model.compile(optimizer="adam")
-    history = model.fit(unlabeled_dataset(world.unlabeled_dir, image_size=SIZE, batch_size=8, seed=0), epochs=1, verbose=0)
+    ds = unlabeled_dataset(world.unlabeled_dir, image_size=SIZE, batch_size=8, seed=0)
+    history = model.fit(ds, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
     model = SemiModel()
     model.compile(optimizer="adam")

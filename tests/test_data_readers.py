@@ -164,9 +164,8 @@ def test_para_distribution_users_and_mean(world):
     # Per-user scores give the real histogram, the same as the GIAA columns.
     np.testing.assert_allclose(users.distributions, dist.distributions, atol=1e-6)
     # The mean conversion keeps the published mean exactly.
-    giaa = np.genfromtxt(
-        os.path.join(world.para_root, "annotation", "PARA-GiaaAll.csv"), delimiter=",", names=True, dtype=None, encoding=None
-    )
+    giaa_all = os.path.join(world.para_root, "annotation", "PARA-GiaaAll.csv")
+    giaa = np.genfromtxt(giaa_all, delimiter=",", names=True, dtype=None, encoding=None)
     means = {f"{s}/{n}": m for s, n, m in zip(giaa["sessionId"], giaa["imageName"], giaa["aestheticScore_mean"])}
     np.testing.assert_allclose(mean.mean_scores, [means[i] for i in mean.ids], atol=1e-3)
     test_rows = open(os.path.join(world.para_root, "annotation", "PARA-GiaaTest.csv")).read().splitlines()[1:]
@@ -186,9 +185,9 @@ def test_para_users_only_and_bad_score(tmp_path, world):
     expected = dict(zip(full.ids, full.distributions))
     np.testing.assert_allclose(r.distributions, [expected[i] for i in r.ids], atol=1e-6)
     parts = lines[5].split(",")
-    parts[3] = "3.3"
+    parts[3] = "7.0"
     (root / "annotation" / "PARA-Images.csv").write_text("\n".join(lines[:5] + [",".join(parts)] + lines[6:]) + "\n")
-    with pytest.raises(LabelFormatError, match=r"PARA-Images.csv, line 6: score 3.3 is not one of the bins"):
+    with pytest.raises(LabelFormatError, match=r"PARA-Images.csv, line 6: aestheticScore 7.0 is outside 1.0..5.0"):
         read_para(str(root))
 
 
@@ -228,7 +227,9 @@ def test_from_arrays_validates():
 
 
 def test_list_images(tmp_path):
-    for name in ["b.JPG", "a.jpeg", "sub/c.png", "sub/deep/d.webp", "e.bmp", "f.gif", "notes.txt", ".hidden.jpg", ".cache/g.jpg"]:
+    names = ["b.JPG", "a.jpeg", "sub/c.png", "sub/deep/d.webp", "e.bmp", "f.gif"]
+    names += ["notes.txt", ".hidden.jpg", ".cache/g.jpg"]
+    for name in names:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
     rel = lambda paths: [os.path.relpath(p, tmp_path) for p in paths]  # noqa: E731
@@ -288,3 +289,12 @@ def test_docstring_examples_run(module):
         pytest.skip("backend-independent; runs under KERAS_BACKEND=tensorflow")
     result = doctest.testmod(importlib.import_module(f"keras_cskd.data.{module}"), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_synthetic_world_never_deletes_other_folders(tmp_path):
+    (tmp_path / "mine.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a synthetic world"):
+        synthetic.make_world(tmp_path, num_labeled=3, num_unlabeled=0)
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+    with pytest.raises(ValueError, match="num_labeled"):
+        synthetic.make_world(tmp_path / "w", num_labeled=0)

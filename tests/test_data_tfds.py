@@ -25,7 +25,8 @@ NUM_IMAGES = 20
 
 def _fake_world(formats):
     root = tempfile.mkdtemp(prefix="cskd_tfds_")
-    return root, synthetic.make_world(root, num_labeled=NUM_IMAGES, num_unlabeled=0, image_size=16, seed=0, formats=formats)
+    world = synthetic.make_world(root, num_labeled=NUM_IMAGES, num_unlabeled=0, image_size=16, seed=0, formats=formats)
+    return root, world
 
 
 class _FakeFiles:
@@ -97,7 +98,8 @@ def test_prepared_tfds_dataset_as_unlabeled_source(prepared, tmp_path):
     _, records, data_dir = prepared
     source = TFDSImages("ava", split="train", data_dir=data_dir)
     assert source.image_key == "image" and source.size == len(records.select("train")) - 1
-    ds = unlabeled_dataset([source, records.paths[1:9].tolist()], weights=[0.5, 0.5], num_examples=20, image_size=8, batch_size=4, seed=0)
+    files = records.paths[1:9].tolist()
+    ds = unlabeled_dataset([source, files], weights=[0.5, 0.5], num_examples=20, image_size=8, batch_size=4, seed=0)
     assert sum(len(b) for b in ds) == 20
     ds = unlabeled_dataset(source, training=False, image_size=8, batch_size=5, return_paths=True)
     keys = np.concatenate([k for _, k in ds])

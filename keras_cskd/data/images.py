@@ -100,7 +100,8 @@ def exif_orientation(data):
     little = tf.equal(tf.strings.substr(tiff, 0, 2), b"II")
     found = tf.strings.split(tiff, sep=tf.where(little, _ORIENTATION_LE, _ORIENTATION_BE), maxsplit=1)
     value = tf.strings.substr(found[-1], tf.where(little, 0, 1), 1)
-    ok = _has_exif(data) & tf.equal(tf.size(exif), 2) & tf.equal(tf.size(found), 2) & tf.equal(tf.strings.length(value), 1)
+    ok = _has_exif(data) & tf.equal(tf.size(exif), 2) & tf.equal(tf.size(found), 2)
+    ok &= tf.equal(tf.strings.length(value), 1)
     value = tf.cast(tf.io.decode_raw(tf.where(ok, value, b"\x01"), tf.uint8)[0], tf.int32)
     return tf.where((value >= 1) & (value <= 8), value, 1)
 
@@ -210,7 +211,9 @@ def skip_reason(path):
     return "corrupt or truncated image" if head.startswith(known) else "not an image"
 
 
-def file_image_stream(paths, labels=None, *, shuffle=False, seed=None, deterministic=True, keep_length=False, counter=None, name="images"):
+def file_image_stream(
+    paths, labels=None, *, shuffle=False, seed=None, deterministic=True, keep_length=False, counter=None, name="images"
+):
     """Dataset of `{"image", "key", ["label"]}` decoded from files, bad files skipped.
 
     One pass over `paths` (shuffled if asked); the element order is

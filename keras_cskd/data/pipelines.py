@@ -196,12 +196,18 @@ def _crop_resize(image, seed, *, image_size, training, crop_fraction, keep_aspec
     return out
 
 
-def _augment(ds, *, training, seed, deterministic, **kwargs):
-    if kwargs["dtype"] not in ("uint8", "float32"):
-        raise ValueError(f"dtype must be 'uint8' or 'float32', got {kwargs['dtype']!r}")
+def _look(image_size, crop_fraction, keep_aspect_ratio, dtype):
+    """The image options every pipeline shares, checked."""
+    if dtype not in ("uint8", "float32"):
+        raise ValueError(f"dtype must be 'uint8' or 'float32', got {dtype!r}")
+    if not 0 < crop_fraction <= 1:
+        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+    return dict(image_size=image_size, crop_fraction=crop_fraction, keep_aspect_ratio=keep_aspect_ratio, dtype=dtype)
 
+
+def _augment(ds, look, *, training, seed, deterministic):
     def fn(element, r):
-        image = _crop_resize(element["image"], tf.stack([r, 0]), training=training, **kwargs)
+        image = _crop_resize(element["image"], tf.stack([r, 0]), training=training, **look)
         return {**element, "image": image}
 
     if not training:
@@ -210,7 +216,7 @@ def _augment(ds, *, training, seed, deterministic, **kwargs):
     return tf.data.Dataset.zip(ds, randoms).map(fn, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
 
 
-def _labeled(records, split, image_size, batch_size, training, seed, counter, crop_fraction, keep_aspect_ratio, dtype):
+def _labeled(records, split, look, *, batch_size, training, seed, counter):
     if split is not None:
         records = records.select(split)
     if training and len(records) < batch_size:
@@ -229,16 +235,7 @@ def _labeled(records, split, image_size, batch_size, training, seed, counter, cr
         counter=counter,
         name=f"{records.name}/{split or 'all'}",
     )
-    ds = _augment(
-        ds,
-        training=training,
-        seed=seed,
-        deterministic=deterministic,
-        image_size=image_size,
-        crop_fraction=crop_fraction,
-        keep_aspect_ratio=keep_aspect_ratio,
-        dtype=dtype,
-    )
+    ds = _augment(ds, look, training=training, seed=seed, deterministic=deterministic)
     ds = ds.map(lambda e: (e["image"], e["label"]))
     return ds.batch(batch_size, drop_remainder=training)
 
@@ -287,13 +284,14 @@ def labeled_dataset(
     """
     training = split == "train" if training is None else training
     counter = skipped if skipped is not None else SkipCounter()
-    ds = _labeled(records, split, image_size, batch_size, training, seed, counter, crop_fraction, keep_aspect_ratio, dtype)
+    look = _look(image_size, crop_fraction, keep_aspect_ratio, dtype)
+    ds = _labeled(records, split, look, batch_size=batch_size, training=training, seed=seed, counter=counter)
     ds = ds.prefetch(AUTOTUNE)
     ds.skipped = counter
     return ds
 
 
-def _unlabeled(sources, weights, num_examples, repeat, image_size, batch_size, training, seed, counter, crop_fraction, keep_aspect_ratio, dtype, drop_remainder):
+def _unlabeled(sources, look, *, weights, num_examples, repeat, batch_size, training, seed, counter):
     sources = _as_sources(sources)
     streams = [s.stream(training, None if seed is None else seed + i, counter) for i, s in enumerate(sources)]
     deterministic = seed is not None or not training
@@ -312,17 +310,8 @@ def _unlabeled(sources, weights, num_examples, repeat, image_size, batch_size, t
         )
         if not repeat:
             ds = ds.take(int(num_examples or sizes.sum()))
-    ds = _augment(
-        ds,
-        training=training,
-        seed=seed,
-        deterministic=deterministic,
-        image_size=image_size,
-        crop_fraction=crop_fraction,
-        keep_aspect_ratio=keep_aspect_ratio,
-        dtype=dtype,
-    )
-    return ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = _augment(ds, look, training=training, seed=seed, deterministic=deterministic)
+    return ds.batch(batch_size, drop_remainder=training)
 
 
 def unlabeled_dataset(
@@ -375,7 +364,11 @@ def unlabeled_dataset(
     TensorShape([8, 32, 32, 3])
     """
     counter = skipped if skipped is not None else SkipCounter()
-    ds = _unlabeled(sources, weights, num_examples, repeat, image_size, batch_size, training, seed, counter, crop_fraction, keep_aspect_ratio, dtype, drop_remainder=training)
+    look = _look(image_size, crop_fraction, keep_aspect_ratio, dtype)
+    ds = _unlabeled(
+        sources, look, weights=weights, num_examples=num_examples, repeat=repeat,
+        batch_size=batch_size, training=training, seed=seed, counter=counter,
+    )
     ds = ds.map(lambda e: (e["image"], e["key"]) if return_paths else e["image"])
     ds = ds.prefetch(AUTOTUNE)
     ds.skipped = counter
@@ -429,11 +422,13 @@ def semi_supervised_dataset(
     (4, 8, TensorShape([4, 10]))
     """
     counter = skipped if skipped is not None else SkipCounter()
-    common = dict(image_size=image_size, seed=seed, counter=counter, crop_fraction=crop_fraction, keep_aspect_ratio=keep_aspect_ratio, dtype=dtype)
-    labeled = _labeled(records, split, batch_size=batch_size, training=True, **common)
-    common["seed"] = None if seed is None else seed + 7919
-    unlabeled_batch = max(1, int(round(batch_size * unlabeled_ratio)))
-    unl = _unlabeled(unlabeled, unlabeled_weights, None, True, batch_size=unlabeled_batch, training=True, drop_remainder=True, **common)
+    look = _look(image_size, crop_fraction, keep_aspect_ratio, dtype)
+    labeled = _labeled(records, split, look, batch_size=batch_size, training=True, seed=seed, counter=counter)
+    unl = _unlabeled(
+        unlabeled, look, weights=unlabeled_weights, num_examples=None, repeat=True,
+        batch_size=max(1, int(round(batch_size * unlabeled_ratio))), training=True,
+        seed=None if seed is None else seed + 7919, counter=counter,
+    )
     ds = tf.data.Dataset.zip(labeled, unl.map(lambda e: e["image"]))
     ds = ds.map(lambda l, u: ({"labeled_images": l[0], "unlabeled_images": u}, l[1]))
     ds = ds.prefetch(AUTOTUNE)

@@ -19,7 +19,7 @@ from keras_cskd.data.records import (
     parse_csv_rows,
     parse_text_rows,
     read_id_list,
-    scores_to_histogram,
+    nearest_bins,
     votes_to_distribution,
 )
 
@@ -209,7 +209,8 @@ def read_para(root, images_dir=None, labels="auto", val_fraction=0.05, test_frac
         labels: where distributions come from:
             `"distribution"`: the nine `aestheticScore_<bin>` columns of the GIAA file;
             `"users"`: a histogram of the per-user `aestheticScore` values in
-            `PARA-Images.csv` (a real vote histogram);
+            `PARA-Images.csv` (a real vote histogram; each rating counts in
+            the nearest bin);
             `"mean"`: the two-hot conversion of `aestheticScore_mean`
             (see `mean_to_distribution`);
             `"auto"`: the first of those the files allow.
@@ -288,14 +289,22 @@ def read_para(root, images_dir=None, labels="auto", val_fraction=0.05, test_frac
 
 
 def _para_user_histograms(path, order):
-    """Per-image vote histograms from the per-user rows; `order` (if any) fixes the images."""
+    """Per-image vote histograms from the per-user rows; `order` (if any) fixes the images.
+
+    Each rating counts in the nearest bin; a rating outside 1..5 is an error.
+    """
+    low, high = PARA_BINS[0] - 0.25, PARA_BINS[-1] + 0.25
 
     def parse(row):
         score = float(row["aestheticScore"])
-        return f"{row['sessionId'].strip()}/{row['imageName'].strip()}", scores_to_histogram([score], PARA_BINS)
+        if not low <= score <= high:
+            raise ValueError(f"aestheticScore {score} is outside {PARA_BINS[0]}..{PARA_BINS[-1]}")
+        return f"{row['sessionId'].strip()}/{row['imageName'].strip()}", score
 
-    counts = {}
-    for image, hist in parse_csv_rows(path, parse, ("sessionId", "imageName", "aestheticScore")):
-        counts[image] = counts.get(image, 0) + hist
-    ids = [i for i in order if i in counts] if order else sorted(counts)
-    return ids, [counts[i] / counts[i].sum() for i in ids]
+    rows = parse_csv_rows(path, parse, ("sessionId", "imageName", "aestheticScore"))
+    images, inverse = np.unique([r[0] for r in rows], return_inverse=True)
+    counts = np.zeros((len(images), len(PARA_BINS)))
+    np.add.at(counts, (inverse, nearest_bins([r[1] for r in rows], PARA_BINS)), 1)
+    where = {image: k for k, image in enumerate(images)}
+    ids = [i for i in order if i in where] if order else list(images)
+    return ids, [counts[where[i]] / counts[where[i]].sum() for i in ids]

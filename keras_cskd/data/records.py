@@ -187,15 +187,10 @@ def votes_to_distribution(votes, expected_bins):
     return weights / weights.sum()
 
 
-def scores_to_histogram(scores, bin_values):
-    """Counts of individual scores per bin (each score must sit on a bin)."""
+def nearest_bins(scores, bin_values):
+    """Index of the bin nearest to each score (individual ratings -> histogram bins)."""
     bins = np.asarray(bin_values, np.float64)
-    scores = np.asarray(scores, np.float64)
-    index = np.abs(scores[:, None] - bins[None]).argmin(1)
-    off = np.abs(scores - bins[index]) > 1e-3
-    if off.any():
-        raise ValueError(f"score {scores[off][0]} is not one of the bins {bins.tolist()}")
-    return np.bincount(index, minlength=len(bins)).astype(np.float64)
+    return np.abs(np.asarray(scores, np.float64)[:, None] - bins[None]).argmin(1)
 
 
 def mean_to_distribution(mean, bin_values):

@@ -103,7 +103,8 @@ def render(a, size, rng):
     """Images `(n, size, size, 3)` uint8 showing the attributes `a`."""
     n = len(a["z"])
     yy, xx = np.mgrid[0:size, 0:size] / (size - 1)
-    bg_v = 0.35 + 0.3 * (1 - yy)[None] + 0.05 * np.sin(2 * np.pi * (rng.uniform(1, 3, (n, 1, 1)) * xx + rng.random((n, 1, 1))))
+    stripes = np.sin(2 * np.pi * (rng.uniform(1, 3, (n, 1, 1)) * xx + rng.random((n, 1, 1))))
+    bg_v = 0.35 + 0.3 * (1 - yy)[None] + 0.05 * stripes
     background = _hsv_to_rgb(np.broadcast_to(a["hue"][:, None, None], bg_v.shape), np.full(bg_v.shape, 0.45), bg_v)
     subject = _hsv_to_rgb((a["hue"] + a["hue_distance"]) % 1.0, np.full(n, 0.85), np.full(n, 0.9))
     dist = np.sqrt((xx[None] - a["cx"][:, None, None]) ** 2 + (yy[None] - a["cy"][:, None, None]) ** 2)
@@ -137,7 +138,7 @@ def _generate(n, size, rng, paths, quality):
         a = sample_attributes(min(_BATCH, n - start), rng)
         _write_jpegs(render(a, size, rng), paths[start : start + _BATCH], quality)
         parts.append(a)
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else None
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def make_world(
@@ -164,7 +165,8 @@ def make_world(
     The same arguments always produce the same files.
 
     Args:
-        out_dir: folder to write (created; with `overwrite`, old contents go).
+        out_dir: folder to write (created). An existing folder must be empty
+            or an earlier world (it has `world.json`); nothing else is deleted.
         num_labeled: labeled images.
         num_unlabeled: unlabeled images (`0` for none).
         image_size: side of the square JPEGs.
@@ -172,7 +174,7 @@ def make_world(
         test_fraction: fraction of ids in the official-style test list.
         formats: any of `"ava"` (always written), `"aadb"`, `"para"`.
         jpeg_quality: JPEG quality.
-        overwrite: remove an existing `out_dir` first.
+        overwrite: replace an earlier world in `out_dir`.
 
     Returns:
         `World` with `ava_root`, `ava_test_list`, `unlabeled_dir`, `aadb_root`,
@@ -185,8 +187,12 @@ def make_world(
     >>> len(read_ava(world.ava_root))
     40
     """
+    if num_labeled < 1:
+        raise ValueError("num_labeled must be at least 1")
     out_dir = os.path.abspath(os.fspath(out_dir))
-    if overwrite and os.path.exists(out_dir):
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        if not (overwrite and os.path.isfile(os.path.join(out_dir, "world.json"))):
+            raise FileExistsError(f"{out_dir} is not empty and not a synthetic world to overwrite")
         shutil.rmtree(out_dir)
     ava = os.path.join(out_dir, "ava")
     os.makedirs(os.path.join(ava, "images"), exist_ok=True)
@@ -198,8 +204,6 @@ def make_world(
     ids = np.arange(1, num_labeled + 1) + 100000
     image_paths = [os.path.join(ava, "images", f"{i}.jpg") for i in ids]
     a = _generate(num_labeled, image_size, rng_labeled, image_paths, jpeg_quality)
-    if a is None:
-        raise ValueError("num_labeled must be at least 1")
     mu = 2.2 + 6.0 * a["z"] + rng_votes.normal(0, IMAGE_NOISE, num_labeled)
     num_votes = rng_votes.integers(50, 151, num_labeled)
     votes = sample_votes(mu, np.arange(1, 11), RATER_NOISE, num_votes, rng_votes)
@@ -223,12 +227,11 @@ def make_world(
             os.makedirs(shard, exist_ok=True)
         _generate(num_unlabeled, image_size, rng_unlabeled, paths, jpeg_quality)
 
-    roots = {}
+    roots, writers = {}, {"aadb": _write_aadb, "para": _write_para}
     for fmt in formats:
-        if fmt == "aadb":
-            roots["aadb_root"] = _write_aadb(os.path.join(out_dir, "aadb"), ids, image_paths, mu, set(test_ids), rng_votes)
-        elif fmt == "para":
-            roots["para_root"] = _write_para(os.path.join(out_dir, "para"), ids, image_paths, mu, set(test_ids), rng_votes)
+        if fmt in writers:
+            root = os.path.join(out_dir, fmt)
+            roots[f"{fmt}_root"] = writers[fmt](root, ids, image_paths, mu, set(test_ids), rng_votes)
         elif fmt != "ava":
             raise ValueError(f"unknown format {fmt!r}; use 'ava', 'aadb' or 'para'")
     world = World(out_dir, ava, test_list, unlabeled_dir, oracle_srcc=oracle, **roots)
@@ -242,7 +245,8 @@ def make_world(
 
 
 def _write_table(path, ids, a, mu, vote_means):
-    columns = ["exposure", "sharpness", "hue_distance", "cx", "cy", "q_exposure", "q_sharpness", "q_harmony", "q_composition", "z"]
+    columns = ["exposure", "sharpness", "hue_distance", "cx", "cy"]
+    columns += ["q_exposure", "q_sharpness", "q_harmony", "q_composition", "z"]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["image_id", *columns, "mu", "vote_mean"])
@@ -284,7 +288,8 @@ def _write_para(root, ids, image_paths, mu, test_ids, rng, num_users=25):
     os.makedirs(ann, exist_ok=True)
     votes = sample_votes(1 + (mu - 1) * 4 / 9, bins, 0.6, num_users, rng)
     rows, giaa = [], {"Train": [], "Test": []}
-    header = ["imageName", "sessionId", "semantic", *(f"aestheticScore_{b:.1f}" for b in bins), "aestheticScore_mean", "aestheticScore_std"]
+    header = ["imageName", "sessionId", "semantic", *(f"aestheticScore_{b:.1f}" for b in bins)]
+    header += ["aestheticScore_mean", "aestheticScore_std"]
     for k, (i, src, v) in enumerate(zip(ids, image_paths, votes)):
         session, name = f"session{1 + k // 70}", f"iaa_pub{i}_.jpg"
         os.makedirs(os.path.join(root, "imgs", session), exist_ok=True)
@@ -293,7 +298,8 @@ def _write_para(root, ids, image_paths, mu, test_ids, rng, num_users=25):
         rows += [[session, name, f"A{u:04d}", f"{s:.1f}", f"{s:.1f}"] for u, s in enumerate(scores)]
         row = [name, session, "synthetic", *map(str, v), f"{scores.mean():.4f}", f"{scores.std():.4f}"]
         giaa["Test" if i in test_ids else "Train"].append(row)
-    _write_csv(os.path.join(ann, "PARA-Images.csv"), ["sessionId", "imageName", "userId", "aestheticScore", "qualityScore"], rows)
+    user_header = ["sessionId", "imageName", "userId", "aestheticScore", "qualityScore"]
+    _write_csv(os.path.join(ann, "PARA-Images.csv"), user_header, rows)
     for split, split_rows in giaa.items():
         _write_csv(os.path.join(ann, f"PARA-Giaa{split}.csv"), header, split_rows)
     _write_csv(os.path.join(ann, "PARA-GiaaAll.csv"), header, giaa["Train"] + giaa["Test"])

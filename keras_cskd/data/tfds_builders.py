@@ -142,7 +142,10 @@ class Aadb(_AestheticsBuilder):
 
     BINS = readers.AADB_BINS
     HOMEPAGE = "https://www.ics.uci.edu/~skong2/aesthetics.html"
-    CITATION = "Kong, Shen, Lin, Mech, Fowlkes. Photo aesthetics ranking network with attributes and content adaptation. ECCV 2016."
+    CITATION = (
+        "Kong, Shen, Lin, Mech, Fowlkes. Photo aesthetics ranking network with attributes "
+        "and content adaptation. ECCV 2016."
+    )
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
     Put the AADB files in `manual_dir`: `imgListFiles_label/` (the
     imgList*Regression_score.txt lists) and the images in
