@@ -58,7 +58,8 @@ def main(argv=None):
     parser.add_argument("--image-size", type=int, default=96, help="side of the images the pipeline yields")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2, help="timed passes per measurement (best is kept)")
-    parser.add_argument("--model-steps", type=int, default=10, help="timed training steps")
+    parser.add_argument("--model-steps", type=int, default=10, help="timed training steps (at most)")
+    parser.add_argument("--model-seconds", type=float, default=20.0, help="stop timing steps after this long")
     parser.add_argument("--out-dir", default=None, help="where to write the world (default: a temp dir)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file ('-' for stdout)")
     args = parser.parse_args(argv)
@@ -112,10 +113,11 @@ def main(argv=None):
     x, y = np.asarray(images), np.asarray(dists)
     for _ in range(2):  # compile and warm up
         model.train_on_batch(x, y)
-    start = time.perf_counter()
-    for _ in range(args.model_steps):
+    start, steps = time.perf_counter(), 0
+    while steps < args.model_steps and (steps == 0 or time.perf_counter() - start < args.model_seconds):
         model.train_on_batch(x, y)
-    step_time = (time.perf_counter() - start) / args.model_steps
+        steps += 1
+    step_time = (time.perf_counter() - start) / steps
     results["model"] = "MobileNetV2 (random init) + Dense softmax"
     results["train_step_s"] = round(step_time, 4)
     results["train_step_images_per_s"] = round(args.batch_size / step_time)
