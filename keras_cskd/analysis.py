@@ -76,7 +76,8 @@ import keras_hub
 import numpy as np
 from keras import ops
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+from keras_cskd import data
+
 JSON_NAME = "attention.json"
 _PLOTS = (
     ("mean_distance", "mean attention distance (pixels)", "attention_distance.png"),
@@ -596,40 +597,16 @@ def load_model(path):
         raise ValueError(f"Cannot load {path}: {error}") from error
 
 
-def image_files(paths):
-    """Image files from files and folders (searched recursively), in order."""
-    files = []
-    for path in paths:
-        if os.path.isdir(path):
-            for root, _, names in sorted(os.walk(path)):
-                names = sorted(n for n in names if n.lower().endswith(IMAGE_EXTENSIONS))
-                files += [os.path.join(root, n) for n in names]
-        elif os.path.isfile(path):
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"Image path not found: {path}")
-    if not files:
-        extensions = ", ".join(IMAGE_EXTENSIONS)
-        raise ValueError(f"No images ({extensions}) found in {', '.join(paths)}.")
-    return files
+def image_batches(files, size, batch_size=16):
+    """Numpy batches (B, H, W, 3) of float 0..255 images resized to `size`.
 
-
-class ImageBatches:
-    """Re-iterable batches of image files, decoded to RGB 0..255 at (height, width)."""
-
-    def __init__(self, files, size, batch_size=16):
-        self.files, self.size, self.batch_size = files, size, batch_size
-
-    def __iter__(self):
-        from PIL import Image
-
-        for start in range(0, len(self.files), self.batch_size):
-            batch = []
-            for file in self.files[start : start + self.batch_size]:
-                with Image.open(file) as image:
-                    image = image.convert("RGB").resize(self.size[::-1], Image.BILINEAR)
-                    batch.append(np.asarray(image, "float32"))
-            yield np.stack(batch)
+    Decoded by the data layer, so broken files are skipped and counted.
+    """
+    dataset = data.unlabeled_dataset(
+        data.ImageFiles(files), training=False, image_size=size, batch_size=batch_size,
+        crop_fraction=1.0, dtype="float32",
+    )
+    return dataset.as_numpy_iterator()
 
 
 def _input_shape(model):
@@ -697,7 +674,9 @@ def analyze(
             raise FileNotFoundError(f"Model not found: {path}")
     if max_images is not None and max_images < 1:
         raise ValueError(f"max_images must be at least 1, got {max_images}.")
-    files = image_files(image_paths)[:max_images]
+    files = data.list_images(*image_paths)[:max_images]
+    if not files:
+        raise ValueError(f"No images ({', '.join(data.IMAGE_EXTENSIONS)}) found in {', '.join(image_paths)}.")
     models = {}
     for name, path in zip(_model_names(model_paths), model_paths):
         model = load_model(path)
@@ -705,12 +684,11 @@ def analyze(
         if size is None:
             raise ValueError(f"Cannot tell the input size of {path}; give --image-size.")
         size = _pair(size)
-        batches = ImageBatches(files, size, batch_size)
-        stats = attention_statistics(model, batches, backbone=backbone)
+        stats = attention_statistics(model, image_batches(files, size, batch_size), backbone=backbone)
         models[name] = {"path": path, "image_size": list(size), **stats}
     plots = plot(models, out_dir)
     result = {
-        "num_images": len(files),
+        "num_images": next(iter(models.values()))["num_images"],  # after skipped files
         "models": models,
         "plots": [os.path.basename(p) for p in plots],
     }

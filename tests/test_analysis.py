@@ -365,6 +365,13 @@ def test_cli_writes_json_and_plots(tmp_path):
     assert code == 0
     assert list(json.loads((tmp_path / "out2" / "attention.json").read_text())["models"]) == ["after"]
 
+    # A broken file among the images is skipped and left out of the count.
+    with open(os.path.join(folder, "broken.jpg"), "wb") as file:
+        file.write(b"not a jpeg")
+    code = run_cli(["analyze", str(tmp_path / "after.keras"), folder, "--out", str(tmp_path / "out3")])
+    assert code == 0
+    assert json.loads((tmp_path / "out3" / "attention.json").read_text())["num_images"] == 4
+
 
 def test_cli_reports_user_errors(tmp_path, capsys):
     folder = write_images(str(tmp_path / "imgs"), count=1)

@@ -183,16 +183,17 @@ def _crop_resize(image, seed, *, image_size, training, crop_fraction, keep_aspec
     if training:  # flip the uint8 crop: cheaper than the float output
         crop = tf.reverse(crop, tf.boolean_mask([1], [u[2] < 0.5]))
     # Antialiasing costs ~4x; it only matters when shrinking by more than 2x.
+    height, width = image_size
     out = tf.cond(
-        tf.maximum(ch, cw) > 2 * image_size,
-        lambda: tf.image.resize(crop, [image_size, image_size], antialias=True),
-        lambda: tf.image.resize(crop, [image_size, image_size]),
+        tf.logical_or(ch > 2 * height, cw > 2 * width),
+        lambda: tf.image.resize(crop, [height, width], antialias=True),
+        lambda: tf.image.resize(crop, [height, width]),
     )
     if dtype == "uint8":
         out = tf.cast(tf.clip_by_value(out + 0.5, 0.0, 255.0), tf.uint8)  # rounds
     else:
         out = tf.clip_by_value(out, 0.0, 255.0)
-    out.set_shape([image_size, image_size, 3])
+    out.set_shape([height, width, 3])
     return out
 
 
@@ -202,7 +203,8 @@ def _look(image_size, crop_fraction, keep_aspect_ratio, dtype):
         raise ValueError(f"dtype must be 'uint8' or 'float32', got {dtype!r}")
     if not 0 < crop_fraction <= 1:
         raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
-    return dict(image_size=image_size, crop_fraction=crop_fraction, keep_aspect_ratio=keep_aspect_ratio, dtype=dtype)
+    size = (int(image_size),) * 2 if np.ndim(image_size) == 0 else tuple(int(v) for v in image_size)
+    return dict(image_size=size, crop_fraction=crop_fraction, keep_aspect_ratio=keep_aspect_ratio, dtype=dtype)
 
 
 def _augment(ds, look, *, training, seed, deterministic):
@@ -259,7 +261,7 @@ def labeled_dataset(
         records: a `LabeledRecords` (from `read_ava`, `read_aadb`, `read_para`
             or `LabeledRecords.from_arrays`).
         split: split to use (`"train"`, `"val"`, `"test"`); `None` for all records.
-        image_size: output height and width.
+        image_size: output size: an int (square) or (height, width).
         batch_size: images per batch.
         training: augment, shuffle and drop the last partial batch; default
             `split == "train"`.
