@@ -1,18 +1,111 @@
 """The `cskd` command.
 
-Each subcommand lives beside the code it drives and adds itself with a
-`register_command(subparsers)` function that sets `func` (args -> exit code).
+    cskd demo [--out DIR]                 the whole recipe on a synthetic world
+    cskd run CONFIG [--out DIR]           the whole recipe from a TOML config
+    cskd config --example                 print a config with every field described
+    cskd align | train-teacher | distill | evaluate [--config CONFIG] [--out DIR]
+    cskd predict MODEL PATH... [--csv FILE]
+    cskd export MODEL --out DIR [--format tf_saved_model|onnx]
+    cskd analyze MODEL... --images PATH... --out DIR
 
-Example:
-    cskd analyze before.keras after.keras --images photos/ --out report/
+Subcommands that live beside the code they drive add themselves with a
+`register_command(subparsers)` function that sets `func` (args -> exit code).
+User errors print one line and exit 1 (2 for usage errors); Ctrl-C exits 130
+after the running phase has saved its weights.
 """
 
 import argparse
+import csv
 import os
 import sys
 
 # Quiet TensorFlow's C++ start-up logs unless the user asked for them.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+PHASE_COMMANDS = {
+    "align": (("align",), "phase 1: align teacher and student learners to CLIP"),
+    "train-teacher": (("teacher",), "phase 2a: fine-tune the aligned teacher on labels"),
+    "distill": (("baseline", "distill"), "phase 2b: labels-only student, then the distilled student"),
+    "evaluate": (("evaluate",), "test metrics, report.md and plots of the trained scorers"),
+}
+
+
+def _recipe_config(args):
+    from keras_cskd import recipe
+
+    config = recipe.RecipeConfig.load(args.config) if getattr(args, "config", None) else recipe.RecipeConfig()
+    if getattr(args, "clip_preset", None):
+        config.model.clip_preset = args.clip_preset
+    return config
+
+
+def _run_recipe(args, phases=None):
+    """Run the given recipe phases (all by default) into `args.out`."""
+    from keras_cskd import recipe
+
+    phases = phases or recipe.PHASES
+    recipe.run(_recipe_config(args), args.out, phases=phases)
+    if "evaluate" in phases:
+        print(f"Report: {os.path.join(args.out, 'report.md')}")
+    return 0
+
+
+def _config(args):
+    from keras_cskd import recipe
+
+    config = recipe.RecipeConfig.load(args.config) if args.config else recipe.RecipeConfig()
+    print(config.to_toml(comments=True))
+    return 0
+
+
+def _predict(args):
+    import keras
+    import numpy as np
+
+    from keras_cskd import data
+
+    model = keras.saving.load_model(args.model) if os.path.exists(args.model) else None
+    if model is None:
+        raise FileNotFoundError(f"model not found: {args.model}")
+    files = data.list_images(*args.paths)
+    if not files:
+        raise ValueError(f"no images found in {', '.join(args.paths)}")
+    size = args.image_size or model.input_shape[1]
+    if size is None:
+        raise ValueError("the model takes any image size; give --image-size")
+    dataset = data.unlabeled_dataset(
+        data.ImageFiles(files), training=False, image_size=size, batch_size=args.batch_size,
+        return_paths=True, dtype="float32",
+    )
+    values = np.arange(1, model.output_shape[-1] + 1, dtype="float32")
+    values = np.asarray(getattr(model, "bin_values", None) or values, dtype="float32")
+    progress = keras.utils.Progbar(len(files), unit_name="image")
+    written = 0
+    with open(args.csv, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["path", "mean_score"] + [f"p{i + 1}" for i in range(len(values))])
+        for images, paths in dataset:
+            distribution = keras.ops.convert_to_numpy(model(images.numpy(), training=False))
+            for path, row in zip(paths.numpy(), distribution):
+                writer.writerow([path.decode(), f"{float(row @ values):.4f}"] + [f"{p:.5f}" for p in row])
+            written += len(distribution)
+            progress.update(written)
+    skipped = dataset.skipped
+    if skipped.count:
+        examples = ", ".join(path for path, _ in skipped.examples)
+        print(f"warning: skipped {skipped.count} unreadable file(s), e.g. {examples}", file=sys.stderr)
+    print(f"Scored {written} image(s) into {args.csv}")
+    return 0
+
+
+def _export(args):
+    from keras_cskd import export
+
+    export.export(args.model, args.out, format=args.format, image_size=tuple(args.image_size) if args.image_size else None)
+    print(f"Exported {args.model} -> {args.out} ({args.format})")
+    if args.format == "tf_saved_model":
+        print(f"Check it with: saved_model_cli show --dir {args.out} --tag_set serve --signature_def serving_default")
+    return 0
 
 
 def build_parser():
@@ -23,17 +116,63 @@ def build_parser():
         description="Train image-aesthetics models the CSKD way (arXiv 2307.15640).",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = subparsers.add_parser("demo", help="the whole recipe on a synthetic world with small models (CPU, minutes)")
+    demo.add_argument("--out", default="cskd_demo", help="output folder (default: cskd_demo)")
+    demo.add_argument("--clip-preset", help="a KerasHub CLIP preset (hub name or local dir) instead of a small random CLIP")
+    demo.set_defaults(func=_run_recipe)
+
+    run = subparsers.add_parser("run", help="the whole recipe from a TOML config (see 'cskd config --example')")
+    run.add_argument("config", help="TOML config file")
+    run.add_argument("--out", default="cskd_run", help="output folder (default: cskd_run)")
+    run.set_defaults(func=_run_recipe)
+
+    config = subparsers.add_parser("config", help="print a config with every field and its description")
+    config.add_argument("--example", action="store_true", help="print the built-in defaults (the demo's config)")
+    config.add_argument("--config", help="print this config file with all defaults filled in")
+    config.set_defaults(func=_config)
+
+    for name, (phases, help_text) in PHASE_COMMANDS.items():
+        phase = subparsers.add_parser(name, help=help_text)
+        phase.add_argument("--config", help="TOML config file (default: the demo's config)")
+        phase.add_argument("--out", default="cskd_run", help="the run's output folder (default: cskd_run)")
+        phase.set_defaults(func=lambda args, phases=phases: _run_recipe(args, phases))
+
+    predict = subparsers.add_parser("predict", help="score images and folders into a CSV")
+    predict.add_argument("model", metavar="MODEL", help="a .keras AestheticScorer")
+    predict.add_argument("paths", metavar="PATH", nargs="+", help="image files, folders or list files")
+    predict.add_argument("--csv", default="predictions.csv", help="output CSV (default: predictions.csv)")
+    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--image-size", type=int, help="default: the model's input size")
+    predict.set_defaults(func=_predict)
+
+    export = subparsers.add_parser("export", help="write a SavedModel for TF Serving (image bytes in) or ONNX")
+    export.add_argument("model", metavar="MODEL", help="a .keras AestheticScorer")
+    export.add_argument("--out", required=True, help="output folder, e.g. serving/aesthetics/1")
+    export.add_argument("--format", default="tf_saved_model", choices=("tf_saved_model", "onnx"))
+    export.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="default: the model's input size")
+    export.set_defaults(func=_export)
+
     analysis.register_command(subparsers)
     return parser
 
 
 def main(argv=None):
+    from keras_cskd.recipe import ConfigError, PhaseError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ConfigError, PhaseError, FileNotFoundError, FileExistsError, ValueError, RuntimeError) as error:
+        print(f"cskd {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"cskd {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

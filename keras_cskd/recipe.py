@@ -46,6 +46,8 @@ from keras_cskd.models import CLIPFeatureAligner
 from keras_cskd.models import SemiSupervisedDistiller
 
 PHASES = ("align", "teacher", "baseline", "distill", "evaluate")
+# The `cskd` subcommand that runs each phase.
+COMMANDS = {"align": "align", "teacher": "train-teacher", "baseline": "distill", "distill": "distill"}
 
 
 def _field(default, help):
@@ -60,8 +62,8 @@ class DataConfig:
     test_list: str = _field("", "official AVA test list file; empty uses a seeded split")
     unlabeled: list = _field([], "unlabeled sources: folders, list files or 'tfds:name/split'; empty uses the synthetic pool")
     unlabeled_weights: list = _field([], "mixing weight per unlabeled source; empty weights by size")
-    synthetic_labeled: int = _field(600, "labeled images in the synthetic world")
-    synthetic_unlabeled: int = _field(600, "unlabeled images in the synthetic world")
+    synthetic_labeled: int = _field(400, "labeled images in the synthetic world")
+    synthetic_unlabeled: int = _field(400, "unlabeled images in the synthetic world")
     image_size: int = _field(64, "training and evaluation image size (pixels)")
     batch_size: int = _field(32, "labeled (and alignment) batch size")
     unlabeled_ratio: float = _field(1.0, "unlabeled images per labeled image in a distillation batch")
@@ -80,8 +82,8 @@ class ModelConfig:
 @dataclasses.dataclass
 class TrainConfig:
     align_epochs: int = _field(3, "phase 1 epochs")
-    teacher_epochs: int = _field(6, "teacher fine-tuning epochs")
-    distill_epochs: int = _field(6, "student epochs (labels-only baseline and distillation)")
+    teacher_epochs: int = _field(5, "teacher fine-tuning epochs")
+    distill_epochs: int = _field(5, "student epochs (labels-only baseline and distillation)")
     learning_rate: float = _field(2e-3, "Adam learning rate of every phase")
     unlabeled_weight: float = _field(1.0, "weight of the distillation term")
     seed: int = _field(0, "seed of data generation, splits, shuffling and initialisation")
@@ -308,6 +310,18 @@ class Phase:
     def load(self):
         return keras.saving.load_model(self.model_path)
 
+    def finished(self, may_train):
+        """The saved model if the phase is done; None if it may train now."""
+        if self.done:
+            self.log(f"[{self.name}] already done: {self.model_path}")
+            return self.load()
+        if not may_train:
+            out_dir = os.path.dirname(self.dir)
+            raise ConfigError(
+                f"phase {self.name!r} has not run in {out_dir}: run 'cskd {COMMANDS[self.name]}' first"
+            )
+        return None
+
     def summary(self):
         with open(self.done_path) as file:
             return json.load(file)
@@ -359,11 +373,11 @@ def _labeled(config, datasets, split, training):
     )
 
 
-def run_align(config, out_dir, datasets, log=print):
+def run_align(config, out_dir, datasets, log=print, may_train=True):
     phase = Phase(out_dir, "align", "aligner.keras", log)
-    if phase.done:
-        log(f"[align] already done: {phase.model_path}")
-        return phase.load()
+    done = phase.finished(may_train)
+    if done is not None:
+        return done
     keras.utils.set_random_seed(config.train.seed)
     size = config.data.image_size
     aligner = CLIPFeatureAligner(
@@ -388,22 +402,22 @@ def _scorer(config, backbone, name):
     return scorer
 
 
-def run_teacher(config, out_dir, datasets, aligner, log=print):
+def run_teacher(config, out_dir, datasets, aligner, log=print, may_train=True):
     phase = Phase(out_dir, "teacher", "teacher.keras", log)
-    if phase.done:
-        log(f"[teacher] already done: {phase.model_path}")
-        return phase.load()
+    done = phase.finished(may_train)
+    if done is not None:
+        return done
     keras.utils.set_random_seed(config.train.seed)
     teacher = _scorer(config, aligner.learners["teacher"].backbone, "teacher")
     dataset = _labeled(config, datasets, "train", True)
     return phase.train(teacher, dataset, config.train.teacher_epochs, ("loss", "srcc", "plcc"))
 
 
-def run_baseline(config, out_dir, datasets, log=print):
+def run_baseline(config, out_dir, datasets, log=print, may_train=True):
     phase = Phase(out_dir, "baseline", "student_labels_only.keras", log)
-    if phase.done:
-        log(f"[baseline] already done: {phase.model_path}")
-        return phase.load()
+    done = phase.finished(may_train)
+    if done is not None:
+        return done
     keras.utils.set_random_seed(config.train.seed)
     backbone = build_backbone(config.model.student_backbone, config.data.image_size)
     student = _scorer(config, backbone, "student_labels_only")
@@ -411,11 +425,11 @@ def run_baseline(config, out_dir, datasets, log=print):
     return phase.train(student, dataset, config.train.distill_epochs, ("loss", "srcc", "plcc"))
 
 
-def run_distill(config, out_dir, datasets, aligner, teacher, log=print):
+def run_distill(config, out_dir, datasets, aligner, teacher, log=print, may_train=True):
     phase = Phase(out_dir, "distill", "distiller.keras", log)
-    if phase.done:
-        log(f"[distill] already done: {phase.model_path}")
-        return phase.load()
+    done = phase.finished(may_train)
+    if done is not None:
+        return done
     keras.utils.set_random_seed(config.train.seed)
     student = AestheticScorer(
         aligner.learners["student"].backbone, num_bins=config.model.num_bins,
@@ -480,8 +494,15 @@ def write_run_info(config, out_dir):
     import keras_hub
 
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "config.toml"), "w") as file:
-        file.write(config.to_toml())
+    path = os.path.join(out_dir, "config.toml")
+    if os.path.exists(path):
+        if RecipeConfig.load(path) != config:
+            raise ConfigError(
+                f"{out_dir} holds a run with another config ({path}); resume with that config or use a new output folder"
+            )
+    else:
+        with open(path, "w") as file:
+            file.write(config.to_toml())
     versions = {
         "keras": keras.__version__, "backend": keras.backend.backend(), "keras_hub": keras_hub.__version__,
         "keras_cskd": __import__("keras_cskd").__version__,
@@ -492,17 +513,20 @@ def write_run_info(config, out_dir):
 
 def run(config, out_dir, phases=PHASES, log=print):
     """Run (or resume) the recipe's phases into `out_dir`; returns test metrics."""
+    unknown = set(phases) - set(PHASES)
+    if unknown:
+        raise ConfigError(f"unknown phase(s) {', '.join(sorted(unknown))}; phases: {', '.join(PHASES)}")
     write_run_info(config, out_dir)
     datasets = prepare_data(config, out_dir)
-    aligner = teacher = baseline = distiller = None
-    if "align" in phases or "teacher" in phases or "distill" in phases:
-        aligner = run_align(config, out_dir, datasets, log)
-    if "teacher" in phases or "distill" in phases:
-        teacher = run_teacher(config, out_dir, datasets, aligner, log)
+    aligner = teacher = None
+    if {"align", "teacher", "distill"} & set(phases):
+        aligner = run_align(config, out_dir, datasets, log, may_train="align" in phases)
+    if {"teacher", "distill"} & set(phases):
+        teacher = run_teacher(config, out_dir, datasets, aligner, log, may_train="teacher" in phases)
     if "baseline" in phases:
-        baseline = run_baseline(config, out_dir, datasets, log)
+        run_baseline(config, out_dir, datasets, log)
     if "distill" in phases:
-        distiller = run_distill(config, out_dir, datasets, aligner, teacher, log)
+        run_distill(config, out_dir, datasets, aligner, teacher, log)
     if "evaluate" not in phases:
         return None
     scorers = {}

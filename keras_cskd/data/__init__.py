@@ -18,6 +18,7 @@ from keras_cskd.data.images import IMAGE_EXTENSIONS, SkipCounter, decode_image, 
 from keras_cskd.data.pipelines import (
     ImageFiles,
     TFDSImages,
+    evaluation_view,
     labeled_dataset,
     semi_supervised_dataset,
     unlabeled_dataset,
@@ -27,6 +28,7 @@ from keras_cskd.data.records import LabeledRecords, LabelFormatError, mean_to_di
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "evaluation_view",
     "ImageFiles",
     "LabelFormatError",
     "LabeledRecords",

@@ -207,6 +207,15 @@ def _look(image_size, crop_fraction, keep_aspect_ratio, dtype):
     return dict(image_size=size, crop_fraction=crop_fraction, keep_aspect_ratio=keep_aspect_ratio, dtype=dtype)
 
 
+def evaluation_view(image, image_size, crop_fraction=0.875, keep_aspect_ratio=False, dtype="float32"):
+    """The evaluation transform of one decoded (H, W, 3) image: center crop, resize.
+
+    Serving (`keras_cskd.export`) applies the same view as evaluation.
+    """
+    look = _look(image_size, crop_fraction, keep_aspect_ratio, dtype)
+    return _crop_resize(image, None, training=False, **look)
+
+
 def _augment(ds, look, *, training, seed, deterministic):
     def fn(element, r):
         image = _crop_resize(element["image"], tf.stack([r, 0]), training=training, **look)

@@ -1,0 +1,116 @@
+"""Export a trained aesthetics model for serving.
+
+`export(model_path, out, format="tf_saved_model")` writes a TF SavedModel
+whose `serving_default` signature takes a batch of encoded images (JPEG, PNG,
+BMP or GIF bytes, any size) and returns `distribution` (batch, bins) and
+`mean_score` (batch,). Decoding, the evaluation view (center crop, resize) and
+the model's own normalization all run inside, so TF Serving needs nothing
+else. A batch holding bytes that do not decode fails that request with
+`INVALID_ARGUMENT`; the server keeps running.
+
+The SavedModel is traced with the TensorFlow backend. A model trained on JAX
+or PyTorch is exported by loading its `.keras` file in a TensorFlow-backend
+subprocess, so `cskd export` works whatever `KERAS_BACKEND` is.
+
+`format="onnx"` passes through to `keras.Model.export` (raw images in); it
+needs the exporter Keras uses for the backend (`tf2onnx` on TensorFlow).
+
+Example:
+>>> export("runs/demo/distill/student.keras", "serving/aesthetics/1")  # doctest: +SKIP
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+
+from keras_cskd.layers import bin_values_for
+
+FORMATS = ("tf_saved_model", "onnx")
+
+
+def _image_size(model, image_size):
+    shape = model.input_shape
+    size = image_size or (shape[1], shape[2])
+    if size[0] is None or size[1] is None:
+        raise ValueError("The model takes any image size; give image_size (e.g. --image-size 224).")
+    return int(size[0]), int(size[1])
+
+
+def _bin_values(model):
+    num_bins = int(model.output_shape[-1])
+    return bin_values_for(num_bins, getattr(model, "bin_values", None))
+
+
+def saved_model(model, out, image_size=None, crop_fraction=0.875):
+    """Write `model` as a SavedModel serving image bytes (TensorFlow backend only)."""
+    import tensorflow as tf
+
+    from keras_cskd.data import evaluation_view
+
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError("saved_model() traces with TensorFlow; use export() from another backend.")
+    size = _image_size(model, image_size)
+    values = tf.constant(_bin_values(model), tf.float32)
+
+    def decode(image_bytes):
+        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+        return evaluation_view(image, size, crop_fraction=crop_fraction)
+
+    def serve(image_bytes):
+        images = tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec((*size, 3), tf.float32))
+        distribution = tf.cast(model(images, training=False), tf.float32)
+        return {"distribution": distribution, "mean_score": tf.reduce_sum(distribution * values, axis=-1)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        name="serving_default",
+        fn=serve,
+        input_signature=[tf.TensorSpec(shape=(None,), dtype=tf.string, name="image_bytes")],
+    )
+    archive.write_out(out, verbose=False)
+    return out
+
+
+def export(model_path, out, format="tf_saved_model", image_size=None):
+    """Export a `.keras` aesthetics model; works from any backend."""
+    if format not in FORMATS:
+        raise ValueError(f"Unknown export format {format!r}; use one of {', '.join(FORMATS)}.")
+    if not os.path.exists(model_path):
+        raise FileNotFoundError(f"Model not found: {model_path}")
+    if format == "tf_saved_model" and keras.backend.backend() != "tensorflow":
+        command = [sys.executable, "-m", "keras_cskd.export", model_path, out, "--format", format]
+        if image_size:
+            command += ["--image-size", str(image_size[0]), str(image_size[1])]
+        env = dict(os.environ, KERAS_BACKEND="tensorflow")
+        result = subprocess.run(command, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"TensorFlow export of {model_path} failed:\n{result.stderr[-2000:]}")
+        return out
+    model = keras.saving.load_model(model_path)
+    if format == "onnx":
+        try:
+            model.export(out, format="onnx")
+        except ImportError as error:
+            raise RuntimeError(f"ONNX export needs an extra package on this backend: {error}") from None
+        return out
+    return saved_model(model, out, image_size=image_size)
+
+
+def _main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m keras_cskd.export")
+    parser.add_argument("model")
+    parser.add_argument("out")
+    parser.add_argument("--format", default="tf_saved_model", choices=FORMATS)
+    parser.add_argument("--image-size", type=int, nargs=2)
+    args = parser.parse_args(argv)
+    export(args.model, args.out, args.format, tuple(args.image_size) if args.image_size else None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
