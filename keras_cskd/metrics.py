@@ -12,6 +12,30 @@ from keras import ops
 from keras_cskd.layers import mean_score
 from keras_cskd.losses import emd
 
+# Set by `keras_cskd.distribute` on torch while a data-parallel model runs a
+# train/test step: a function that concatenates a 1-D tensor from every rank.
+_cross_process_gather = None
+
+
+def _gather_replicas(*tensors):
+    """Concatenate per-replica tensors over all replicas / processes.
+
+    Under `tf.distribute` (replica context, N > 1) through the strategy's
+    all-gather; on torch through `_cross_process_gather` when set. JAX needs
+    nothing: its batches are global arrays. Every replica then holds the same
+    samples, so the buffers stay equal across replicas.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
+            context = tf.distribute.get_replica_context()
+            if context is not None and context.num_replicas_in_sync > 1:
+                return tuple(context.all_gather(t, axis=0) for t in tensors)
+    elif _cross_process_gather is not None:
+        return tuple(_cross_process_gather(t) for t in tensors)
+    return tensors
+
 
 def _pearson(x, y, weights):
     """Weighted Pearson correlation of 1-D x and y (weights are 0/1 masks)."""
@@ -43,6 +67,10 @@ class SampleBufferMetric(keras.metrics.Metric):
     with XLA on every backend). Samples past `max_samples` since the last reset
     are not counted; `dropped` tells how many were left out.
 
+    Under data parallelism every replica's scores are gathered into every
+    replica's buffers (see `_gather_replicas`); the buffer variables read the
+    first replica's copy, so SRCC/PLCC equal the single-device values.
+
     Args:
         max_samples: int. Buffer capacity (AVA's test set has ~20k images).
         bin_values: list of floats, the score of each bin; 1..N by default.
@@ -52,23 +80,26 @@ class SampleBufferMetric(keras.metrics.Metric):
         super().__init__(name=name, dtype=dtype, **kwargs)
         self.max_samples = max_samples
         self.bin_values = bin_values
+        # Replicas hold identical buffers (scores are gathered): read one copy.
+        first = "only_first_replica"
         self.true_scores = self.add_variable(
-            shape=(max_samples + 1,), initializer="zeros", dtype="float32", name="true_scores"
+            shape=(max_samples + 1,), initializer="zeros", dtype="float32", name="true_scores", aggregation=first
         )
         self.pred_scores = self.add_variable(
-            shape=(max_samples + 1,), initializer="zeros", dtype="float32", name="pred_scores"
+            shape=(max_samples + 1,), initializer="zeros", dtype="float32", name="pred_scores", aggregation=first
         )
-        self.count = self.add_variable(shape=(), initializer="zeros", dtype="int32", name="count")
-        self.dropped = self.add_variable(shape=(), initializer="zeros", dtype="int32", name="dropped")
+        self.count = self.add_variable(shape=(), initializer="zeros", dtype="int32", name="count", aggregation=first)
+        self.dropped = self.add_variable(shape=(), initializer="zeros", dtype="int32", name="dropped", aggregation=first)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         true = ops.cast(mean_score(y_true, self.bin_values), "float32")
         pred = ops.cast(mean_score(y_pred, self.bin_values), "float32")
-        batch = ops.shape(pred)[0]
         if sample_weight is not None:
-            keep = ops.reshape(ops.cast(sample_weight, "float32"), (-1,)) > 0
+            keep = ops.cast(ops.reshape(ops.cast(sample_weight, "float32"), (-1,)) > 0, "float32")
         else:
-            keep = ops.ones((batch,), dtype="bool")
+            keep = ops.ones_like(pred)
+        true, pred, keep = _gather_replicas(true, pred, keep)
+        keep = keep > 0
         # Each kept sample goes to the next free slot; the rest (and any
         # overflow) to the spare slot at index max_samples, never read.
         slots = self.count + ops.cumsum(ops.cast(keep, "int32")) - 1
