@@ -74,6 +74,7 @@ class ModelConfig:
     clip_preset: str = _field("", "KerasHub CLIP preset (hub name or local dir); empty builds a small random CLIP")
     teacher_backbone: str = _field("small_vit", "teacher: 'small_vit', 'small_cnn', a keras.applications name or a KerasHub preset")
     student_backbone: str = _field("small_cnn", "student: same choices as teacher_backbone")
+    pretrained: bool = _field(False, "load pretrained weights for hub / keras.applications backbones (needs the hub)")
     projection_hidden_dim: int = _field(128, "hidden width of each alignment projector")
     num_bins: int = _field(10, "score bins (10 for AVA's 1..10 votes)")
     dropout: float = _field(0.1, "dropout before the score layer")
@@ -181,7 +182,7 @@ def small_clip(image_size, seed=0):
     return keras_hub.models.CLIPBackbone(vision, text, projection_dim=64)
 
 
-def build_backbone(spec, image_size):
+def build_backbone(spec, image_size, pretrained=False):
     """A built-in small architecture ('small_vit', 'small_cnn') or `backbones.get(spec)`."""
     if spec == "small_vit":
         import keras_hub
@@ -201,7 +202,7 @@ def build_backbone(spec, image_size):
         x = keras.layers.GlobalAveragePooling2D()(x)
         return keras.Model(inputs, x, name="small_cnn")
     try:
-        return backbones.get(spec, image_size=image_size)
+        return backbones.get(spec, image_size=image_size, load_weights=True if pretrained else None)
     except ValueError as error:
         raise ConfigError(f"{error} (or use 'small_vit' / 'small_cnn')") from None
 
@@ -326,14 +327,18 @@ class Phase:
         with open(self.done_path) as file:
             return json.load(file)
 
-    def train(self, model, dataset, epochs, summary_keys=("loss",)):
-        """Fit `model` (resuming from a checkpoint), save it, mark the phase done."""
+    def train(self, model, dataset, epochs, summary_keys=("loss",), callbacks=()):
+        """Fit `model` (resuming from a checkpoint), save it, mark the phase done.
+
+        `callbacks` run after the phase's own (checkpoint, CSV and TensorBoard logs).
+        """
         os.makedirs(self.dir, exist_ok=True)
         checkpoint = CheckpointEachEpoch(os.path.join(self.dir, "checkpoint"))
         callbacks = [
             checkpoint,
             keras.callbacks.CSVLogger(os.path.join(self.dir, "history.csv"), append=True),
             keras.callbacks.TensorBoard(os.path.join(self.dir, "logs"), write_graph=False),
+            *callbacks,
         ]
         try:
             history = model.fit(dataset, epochs=epochs, callbacks=callbacks, verbose=1)
@@ -383,8 +388,8 @@ def run_align(config, out_dir, datasets, log=print, may_train=True):
     aligner = CLIPFeatureAligner(
         clip_teacher(config),
         {
-            "teacher": build_backbone(config.model.teacher_backbone, size),
-            "student": build_backbone(config.model.student_backbone, size),
+            "teacher": build_backbone(config.model.teacher_backbone, size, config.model.pretrained),
+            "student": build_backbone(config.model.student_backbone, size, config.model.pretrained),
         },
         projection_hidden_dim=config.model.projection_hidden_dim,
     )
@@ -419,7 +424,7 @@ def run_baseline(config, out_dir, datasets, log=print, may_train=True):
     if done is not None:
         return done
     keras.utils.set_random_seed(config.train.seed)
-    backbone = build_backbone(config.model.student_backbone, config.data.image_size)
+    backbone = build_backbone(config.model.student_backbone, config.data.image_size, config.model.pretrained)
     student = _scorer(config, backbone, "student_labels_only")
     dataset = _labeled(config, datasets, "train", True)
     return phase.train(student, dataset, config.train.distill_epochs, ("loss", "srcc", "plcc"))

@@ -1,0 +1,170 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from keras_cskd import cli
+from keras_cskd import recipe
+from keras_cskd.models import AestheticScorer
+
+from tests import tiny
+
+
+def tiny_config(**train):
+    config = recipe.RecipeConfig()
+    config.data.synthetic_labeled = 48
+    config.data.synthetic_unlabeled = 32
+    config.data.image_size = 32
+    config.data.batch_size = 8
+    config.model.projection_hidden_dim = 16
+    config.train.align_epochs = 1
+    config.train.teacher_epochs = 1
+    config.train.distill_epochs = 1
+    for key, value in train.items():
+        setattr(config.train, key, value)
+    return config
+
+
+def test_config_round_trips_and_rejects_bad_fields(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text(recipe.RecipeConfig().to_toml())
+    assert recipe.RecipeConfig.load(str(path)) == recipe.RecipeConfig()
+    path.write_text("[train]\nalign_epoch = 3\n")
+    with pytest.raises(recipe.ConfigError, match=r"unknown field \[train\] align_epoch"):
+        recipe.RecipeConfig.load(str(path))
+    path.write_text("[data]\nimage_size = 'big'\n")
+    with pytest.raises(recipe.ConfigError, match=r"\[data\] image_size must be int"):
+        recipe.RecipeConfig.load(str(path))
+    path.write_text("[data\n")
+    with pytest.raises(recipe.ConfigError, match="not valid TOML"):
+        recipe.RecipeConfig.load(str(path))
+
+
+@pytest.mark.parametrize("name", ["paper.toml", "cpu_small.toml"])
+def test_example_configs_parse(name):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = recipe.RecipeConfig.load(os.path.join(root, "examples", name))
+    assert config.train.align_epochs >= 1
+
+
+def test_whole_recipe_writes_every_artifact_and_skips_finished_phases(tmp_path):
+    out = str(tmp_path / "run")
+    results = recipe.run(tiny_config(), out, log=lambda *_: None)
+    assert set(results) == {"teacher", "student (labels only)", "student (CSKD)"}
+    for values in results.values():
+        assert set(values) == {"srcc", "plcc", "accuracy", "emd"}
+    for phase, model in [("align", "aligner"), ("teacher", "teacher"), ("baseline", "student_labels_only"),
+                         ("distill", "student")]:
+        assert os.path.exists(os.path.join(out, phase, f"{model}.keras"))
+        assert os.path.exists(os.path.join(out, phase, "history.csv"))
+        assert os.listdir(os.path.join(out, phase, "logs"))  # TensorBoard
+    assert json.load(open(os.path.join(out, "evaluate", "metrics.json"))) == results
+    assert json.load(open(os.path.join(out, "versions.json")))["backend"] == keras.backend.backend()
+    assert "| student (CSKD) |" in open(os.path.join(out, "report.md")).read()
+    for png in ("scatter.png", "score_histogram.png", "align_curves.png", "distill_curves.png"):
+        assert open(os.path.join(out, "plots", png), "rb").read(4) == b"\x89PNG"
+    student = keras.saving.load_model(os.path.join(out, "distill", "student.keras"))
+    assert isinstance(student, AestheticScorer)
+
+    messages = []
+    recipe.run(tiny_config(), out, log=messages.append)
+    assert sum("already done" in m for m in messages) == 4
+    with pytest.raises(recipe.ConfigError, match="another config"):
+        recipe.run(tiny_config(learning_rate=0.5), out)
+
+
+def test_phase_commands_need_the_phase_before(tmp_path):
+    assert cli.main(["train-teacher", "--out", str(tmp_path / "empty")]) == 1
+
+
+class Poison(keras.layers.Layer):
+    """Multiplies by NaN once `poisoned` is set (by a callback after epoch 1)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.poisoned = self.add_weight(shape=(), initializer="zeros", trainable=False, name="poisoned")
+
+    def call(self, x):
+        return x * keras.ops.where(self.poisoned > 0, float("nan"), 1.0)
+
+
+class PoisonAfterFirstEpoch(keras.callbacks.Callback):
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.layer.poisoned.assign(1.0)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    poison = Poison()
+    backbone = keras.Sequential([tiny.conv_backbone(), poison])
+    model = AestheticScorer(backbone)
+    model.compile()
+    x = tiny.images(8)
+    dataset = (x, tiny.learnable_scores(x))
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices(dataset).batch(4)
+    phase = recipe.Phase(str(tmp_path), "teacher", "teacher.keras", log=lambda *_: None)
+    with pytest.raises(recipe.PhaseError, match=r"non-finite loss at batch 1 of epoch 2.*\(epoch 1\)"):
+        phase.train(model, dataset, epochs=3, callbacks=[PoisonAfterFirstEpoch(poison)])
+    metadata = json.load(open(tmp_path / "teacher" / "checkpoint" / "training_metadata.json"))
+    assert metadata["epoch"] == 1
+    assert not phase.done
+    restored = AestheticScorer(keras.Sequential([tiny.conv_backbone(), Poison()]))
+    restored.compile()
+    restored.load_weights(str(tmp_path / "teacher" / "checkpoint" / "latest.weights.h5"))
+    weights = restored.get_weights()
+    assert all(np.all(np.isfinite(w)) for w in weights)
+    assert any(np.any(w != 0) for w in weights)
+
+
+KILL_TARGET = """
+import sys
+from keras_cskd import recipe
+from tests.test_recipe import tiny_config
+recipe.run(tiny_config(align_epochs=3), sys.argv[1], phases=("align",))
+"""
+
+
+def completed_epochs(metadata):
+    try:
+        with open(metadata) as file:
+            return json.load(file)["epoch"]
+    except (OSError, ValueError, KeyError):  # not there yet, or being written
+        return 0
+
+
+def test_sigkill_mid_phase_resumes_from_last_completed_epoch(tmp_path):
+    out = str(tmp_path / "run")
+    metadata = os.path.join(out, "align", "checkpoint", "training_metadata.json")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    process = subprocess.Popen([sys.executable, "-c", KILL_TARGET, out], cwd=root,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 400
+    while time.time() < deadline and process.poll() is None:
+        if completed_epochs(metadata) >= 1:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not os.path.exists(os.path.join(out, "align", "done.json"))
+
+    history = os.path.join(out, "align", "history.csv")
+    rows_before = len(open(history).read().split()) - 1 if os.path.exists(history) else 0
+    recipe.run(tiny_config(align_epochs=3), out, phases=("align",), log=lambda *_: None)
+    epochs = [int(row.split(",")[0]) for row in open(history).read().split()[1:]]
+    resumed = epochs[rows_before:]
+    # The resumed run starts after the last checkpointed epoch (never at 0) and ends at 3.
+    assert resumed and resumed[0] >= 1 and resumed == list(range(resumed[0], 3))
+    assert json.load(open(os.path.join(out, "align", "done.json")))["epochs"] == 3
+    assert not os.path.exists(os.path.join(out, "align", "checkpoint"))
