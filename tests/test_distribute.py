@@ -59,16 +59,21 @@ def _models():
     from keras_cskd.models import SemiSupervisedDistiller
     from tests import tiny
 
+    from keras_cskd import metrics
+
+    def small_metrics():  # the default metrics with small SRCC/PLCC buffers (faster steps)
+        return [metrics.SRCC(max_samples=64), metrics.PLCC(max_samples=64), metrics.ThresholdAccuracy(), metrics.EMD()]
+
     keras.utils.set_random_seed(7)
     scorer = AestheticScorer(tiny.conv_backbone())
-    scorer.compile(optimizer=keras.optimizers.SGD(0.5))
+    scorer.compile(optimizer=keras.optimizers.SGD(0.5), metrics=small_metrics())
     clip = CLIPImageTeacher.from_backbone(tiny.clip_backbone(), image_size=tiny.IMAGE_SIZE)
     aligner = CLIPFeatureAligner(clip, {"a": tiny.conv_backbone(), "b": tiny.conv_backbone(4)}, projection_hidden_dim=8)
     aligner.compile(optimizer=keras.optimizers.SGD(0.5))
     distiller = SemiSupervisedDistiller(
         AestheticScorer(tiny.conv_backbone()), AestheticScorer(tiny.conv_backbone(4)), unlabeled_weight=0.5
     )
-    distiller.compile(optimizer=keras.optimizers.SGD(0.5))
+    distiller.compile(optimizer=keras.optimizers.SGD(0.5), metrics=small_metrics())
     return {"scorer": scorer, "aligner": aligner, "distiller": distiller}
 
 
