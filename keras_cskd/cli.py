@@ -1,7 +1,7 @@
 """The `cskd` command.
 
     cskd demo [--out DIR]                 the whole recipe on a synthetic world
-    cskd run CONFIG [--out DIR]           the whole recipe from a TOML config
+    cskd run CONFIG [--out DIR] [--distribute]   the whole recipe from a TOML config
     cskd config --example                 print a config with every field described
     cskd align | train-teacher | distill | evaluate [--config CONFIG] [--out DIR]
     cskd predict MODEL PATH... [--csv FILE]
@@ -36,6 +36,8 @@ def _recipe_config(args):
     config = recipe.RecipeConfig.load(args.config) if getattr(args, "config", None) else recipe.RecipeConfig()
     if getattr(args, "clip_preset", None):
         config.model.clip_preset = args.clip_preset
+    if getattr(args, "distribute", False):
+        config.train.distribute = True
     return config
 
 
@@ -120,11 +122,13 @@ def build_parser():
     demo = subparsers.add_parser("demo", help="the whole recipe on a synthetic world with small models (CPU, minutes)")
     demo.add_argument("--out", default="cskd_demo", help="output folder (default: cskd_demo)")
     demo.add_argument("--clip-preset", help="a KerasHub CLIP preset (hub name or local dir) instead of a small random CLIP")
+    demo.add_argument("--distribute", action="store_true", help="data-parallel over all devices (see README)")
     demo.set_defaults(func=_run_recipe)
 
     run = subparsers.add_parser("run", help="the whole recipe from a TOML config (see 'cskd config --example')")
     run.add_argument("config", help="TOML config file")
     run.add_argument("--out", default="cskd_run", help="output folder (default: cskd_run)")
+    run.add_argument("--distribute", action="store_true", help="data-parallel over all devices (overrides the config)")
     run.set_defaults(func=_run_recipe)
 
     config = subparsers.add_parser("config", help="print a config with every field and its description")
@@ -136,6 +140,7 @@ def build_parser():
         phase = subparsers.add_parser(name, help=help_text)
         phase.add_argument("--config", help="TOML config file (default: the demo's config)")
         phase.add_argument("--out", default="cskd_run", help="the run's output folder (default: cskd_run)")
+        phase.add_argument("--distribute", action="store_true", help="data-parallel over all devices")
         phase.set_defaults(func=lambda args, phases=phases: _run_recipe(args, phases))
 
     predict = subparsers.add_parser("predict", help="score images and folders into a CSV")

@@ -38,6 +38,7 @@ import numpy as np
 
 from keras_cskd import backbones
 from keras_cskd import data
+from keras_cskd import distribute
 from keras_cskd import metrics as cskd_metrics
 from keras_cskd.clip import CLIPImageTeacher
 from keras_cskd.layers import bin_values_for
@@ -88,6 +89,9 @@ class TrainConfig:
     learning_rate: float = _field(2e-3, "Adam learning rate of every phase")
     unlabeled_weight: float = _field(1.0, "weight of the distillation term")
     seed: int = _field(0, "seed of data generation, splits, shuffling and initialisation")
+    distribute: bool = _field(False, "data-parallel over all local devices / processes (keras_cskd.distribute); batch_size is global")
+    mixed_precision: str = _field("", "'' (float32), 'mixed_bfloat16' or 'mixed_float16'")
+    xla: str = _field("auto", "XLA / jit compilation: 'auto' (the backend's default), 'on' or 'off'")
 
 
 @dataclasses.dataclass
@@ -297,8 +301,9 @@ def _save_atomically(model, path):
 class Phase:
     """One resumable phase: `run(build, fit_kwargs)` or the finished model."""
 
-    def __init__(self, out_dir, name, model_file, log=print):
+    def __init__(self, out_dir, name, model_file, log=print, door=None):
         self.name = name
+        self.door = door
         self.dir = os.path.join(out_dir, name)
         self.model_path = os.path.join(self.dir, model_file)
         self.done_path = os.path.join(self.dir, "done.json")
@@ -340,6 +345,8 @@ class Phase:
             keras.callbacks.TensorBoard(os.path.join(self.dir, "logs"), write_graph=False),
             *callbacks,
         ]
+        if self.door is not None:
+            dataset = self.door.distribute_dataset(dataset)
         try:
             history = model.fit(dataset, epochs=epochs, callbacks=callbacks, verbose=1)
         except KeyboardInterrupt:
@@ -378,8 +385,8 @@ def _labeled(config, datasets, split, training):
     )
 
 
-def run_align(config, out_dir, datasets, log=print, may_train=True):
-    phase = Phase(out_dir, "align", "aligner.keras", log)
+def run_align(config, out_dir, datasets, log=print, may_train=True, door=None):
+    phase = Phase(out_dir, "align", "aligner.keras", log, door)
     done = phase.finished(may_train)
     if done is not None:
         return done
@@ -407,8 +414,8 @@ def _scorer(config, backbone, name):
     return scorer
 
 
-def run_teacher(config, out_dir, datasets, aligner, log=print, may_train=True):
-    phase = Phase(out_dir, "teacher", "teacher.keras", log)
+def run_teacher(config, out_dir, datasets, aligner, log=print, may_train=True, door=None):
+    phase = Phase(out_dir, "teacher", "teacher.keras", log, door)
     done = phase.finished(may_train)
     if done is not None:
         return done
@@ -418,8 +425,8 @@ def run_teacher(config, out_dir, datasets, aligner, log=print, may_train=True):
     return phase.train(teacher, dataset, config.train.teacher_epochs, ("loss", "srcc", "plcc"))
 
 
-def run_baseline(config, out_dir, datasets, log=print, may_train=True):
-    phase = Phase(out_dir, "baseline", "student_labels_only.keras", log)
+def run_baseline(config, out_dir, datasets, log=print, may_train=True, door=None):
+    phase = Phase(out_dir, "baseline", "student_labels_only.keras", log, door)
     done = phase.finished(may_train)
     if done is not None:
         return done
@@ -430,8 +437,8 @@ def run_baseline(config, out_dir, datasets, log=print, may_train=True):
     return phase.train(student, dataset, config.train.distill_epochs, ("loss", "srcc", "plcc"))
 
 
-def run_distill(config, out_dir, datasets, aligner, teacher, log=print, may_train=True):
-    phase = Phase(out_dir, "distill", "distiller.keras", log)
+def run_distill(config, out_dir, datasets, aligner, teacher, log=print, may_train=True, door=None):
+    phase = Phase(out_dir, "distill", "distiller.keras", log, door)
     done = phase.finished(may_train)
     if done is not None:
         return done
@@ -460,7 +467,7 @@ def predict_split(model, config, datasets, split="test"):
     """(true distributions, predicted distributions) over a split, in step."""
     true, pred = [], []
     for images, distributions in _labeled(config, datasets, split, False):
-        pred.append(keras.ops.convert_to_numpy(model(images, training=False)))
+        pred.append(np.asarray(model.predict_on_batch(images)))
         true.append(distributions.numpy())
     if not true:
         raise ConfigError(f"the {split!r} split produced no images")
@@ -518,20 +525,38 @@ def write_run_info(config, out_dir):
 
 def run(config, out_dir, phases=PHASES, log=print):
     """Run (or resume) the recipe's phases into `out_dir`; returns test metrics."""
+    if config.train.xla not in ("auto", "on", "off"):
+        raise ConfigError(f"[train] xla must be 'auto', 'on' or 'off', got {config.train.xla!r}")
+    if config.train.mixed_precision not in ("", "mixed_bfloat16", "mixed_float16"):
+        raise ConfigError(
+            f"[train] mixed_precision must be '', 'mixed_bfloat16' or 'mixed_float16', got {config.train.mixed_precision!r}"
+        )
     unknown = set(phases) - set(PHASES)
     if unknown:
         raise ConfigError(f"unknown phase(s) {', '.join(sorted(unknown))}; phases: {', '.join(PHASES)}")
+    door = distribute.data_parallel(
+        enabled=config.train.distribute,
+        mixed_precision=config.train.mixed_precision or None,
+        jit_compile={"auto": None, "on": True, "off": False}[config.train.xla],
+    )
+    if not door.is_chief:  # Other processes keep their files apart from the chief's.
+        out_dir = os.path.join(out_dir, f"process_{door.process_index}")
     write_run_info(config, out_dir)
     datasets = prepare_data(config, out_dir)
+    with door.scope():
+        return _run_phases(config, out_dir, datasets, phases, log, door)
+
+
+def _run_phases(config, out_dir, datasets, phases, log, door):
     aligner = teacher = None
     if {"align", "teacher", "distill"} & set(phases):
-        aligner = run_align(config, out_dir, datasets, log, may_train="align" in phases)
+        aligner = run_align(config, out_dir, datasets, log, may_train="align" in phases, door=door)
     if {"teacher", "distill"} & set(phases):
-        teacher = run_teacher(config, out_dir, datasets, aligner, log, may_train="teacher" in phases)
+        teacher = run_teacher(config, out_dir, datasets, aligner, log, may_train="teacher" in phases, door=door)
     if "baseline" in phases:
-        run_baseline(config, out_dir, datasets, log)
+        run_baseline(config, out_dir, datasets, log, door=door)
     if "distill" in phases:
-        run_distill(config, out_dir, datasets, aligner, teacher, log)
+        run_distill(config, out_dir, datasets, aligner, teacher, log, door=door)
     if "evaluate" not in phases:
         return None
     scorers = {}

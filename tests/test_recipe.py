@@ -83,6 +83,20 @@ def test_phase_commands_need_the_phase_before(tmp_path):
     assert cli.main(["train-teacher", "--out", str(tmp_path / "empty")]) == 1
 
 
+def test_distribute_flag_goes_through_the_distribution_door(tmp_path):
+    # In a subprocess: the door sets process-wide state (JAX's distribution, TF's strategy).
+    config = tmp_path / "tiny.toml"
+    config.write_text(tiny_config().to_toml())
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_cskd.cli", "evaluate", "--config", str(config), "--out", str(tmp_path / "run"),
+         "--distribute"], cwd=root, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 1
+    assert "nothing to evaluate" in result.stderr
+    assert "distribute = true" in (tmp_path / "run" / "config.toml").read_text()
+
+
 class Poison(keras.layers.Layer):
     """Multiplies by NaN once `poisoned` is set (by a callback after epoch 1)."""
 
@@ -130,9 +144,16 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 KILL_TARGET = """
 import sys
 from keras_cskd import recipe
-from tests.test_recipe import tiny_config
-recipe.run(tiny_config(align_epochs=3), sys.argv[1], phases=("align",))
+from tests.test_recipe import killable_config
+recipe.run(killable_config(), sys.argv[1], phases=("align",))
 """
+
+
+def killable_config():
+    """The align phase alone, 3 epochs, two small CNN learners (cheap to compile)."""
+    config = tiny_config(align_epochs=3)
+    config.model.teacher_backbone = "small_cnn"
+    return config
 
 
 def completed_epochs(metadata):
@@ -161,7 +182,7 @@ def test_sigkill_mid_phase_resumes_from_last_completed_epoch(tmp_path):
 
     history = os.path.join(out, "align", "history.csv")
     rows_before = len(open(history).read().split()) - 1 if os.path.exists(history) else 0
-    recipe.run(tiny_config(align_epochs=3), out, phases=("align",), log=lambda *_: None)
+    recipe.run(killable_config(), out, phases=("align",), log=lambda *_: None)
     epochs = [int(row.split(",")[0]) for row in open(history).read().split()[1:]]
     resumed = epochs[rows_before:]
     # The resumed run starts after the last checkpointed epoch (never at 0) and ends at 3.
