@@ -1,0 +1,1 @@
+"""Plain-framework implementations of CSKD's steps, to compare keras-cskd against."""

@@ -1,0 +1,425 @@
+"""Training and inference throughput of each CSKD step, per backend, against a PyTorch peer.
+
+For each runner (keras-cskd on tensorflow, tensorflow + XLA, jax, torch; and the
+plain-PyTorch peer in `benchmarks/peers/torch_cskd.py`) it times, on one fixed
+random batch:
+
+- `align`: phase 1 step, CLIP forward (frozen) + teacher and student learners
+  forward/backward + Adam (`CLIPFeatureAligner.train_on_batch(x)`);
+- `align_cached`: the same with the CLIP embeddings given (`train_on_batch(x, y)`);
+- `align_student`, `align_student_cached`: phase 1 for the student alone (CLIP
+  vs. student cost: what the cache removes);
+- `finetune`: teacher + score head, squared EMD, Adam;
+- `distill`: phase 2 student step on B labeled + B unlabeled images with a teacher
+  forward (`SemiSupervisedDistiller`); `distill_cached` with `pseudo_labels` given;
+- `inference`: student forward (`predict_on_batch`);
+- `clip_forward`: the frozen CLIP alone.
+
+Each runner is its own process (one backend per process); each phase is
+warmed up (`--warmup` steps, which include tracing/compilation), then timed
+`--repeats` times over `--steps` steps; the median step time gives images/s
+(the distillation steps count labeled + unlabeled images). Compiled metrics
+are off on both sides (loss only). Peak memory is the runner process's peak
+resident set (`ru_maxrss`, all phases).
+
+Then, on the fastest keras-cskd backend, `--cache-epochs` measures whole
+epochs of `fit` through the real input pipeline on a synthetic world: uncached
+vs. `keras_cskd.cache.FrozenOutputCache` (the compute pass timed apart), and
+checks that the trained weights match on unaugmented views. The input pipeline
+rate (decoded images/s, `unlabeled_dataset(training=True)`) is reported beside.
+
+    python benchmarks/throughput.py                         # CPU sizes, about 10 minutes on 2 busy cores
+    python benchmarks/throughput.py --runners jax,peer --repeats 3
+    python benchmarks/throughput.py --sizes paper           # CLIP ViT-B/16, Swin-B, MobileNetV2 @224 (GPU)
+    python benchmarks/throughput.py --json out.json --markdown out.md
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+SIZES = {
+    # Runs on a 2-core CPU. The CLIP is bigger than the learners, as in the paper.
+    "cpu": dict(
+        image_size=32, batch_size=8, num_bins=10, projection_hidden_dim=512,
+        clip=dict(patch_size=4, hidden_dim=192, num_layers=6, num_heads=3, mlp_dim=768, projection_dim=128),
+        teacher=dict(kind="vit", patch_size=4, hidden_dim=96, num_layers=4, num_heads=4, mlp_dim=384),
+        student="MobileNetV2",
+    ),
+    # The paper's models (CLIP ViT-B/16, Swin-B, MobileNetV2 at 224): for a GPU.
+    "paper": dict(
+        image_size=224, batch_size=32, num_bins=10, projection_hidden_dim=512,
+        clip=dict(patch_size=16, hidden_dim=768, num_layers=12, num_heads=12, mlp_dim=3072, projection_dim=512),
+        teacher=dict(kind="swin", embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32], window_size=7, patch_size=4),
+        student="MobileNetV2",
+    ),
+}
+PHASES = ["align", "align_cached", "align_student", "align_student_cached", "finetune", "distill", "distill_cached", "inference", "clip_forward"]
+DEFAULT_PHASES = ["align", "align_cached", "finetune", "distill", "distill_cached", "inference", "clip_forward"]
+RUNNERS = {
+    "tensorflow": ("tensorflow", False),
+    "tensorflow-xla": ("tensorflow", True),
+    "jax": ("jax", None),
+    "torch": ("torch", None),
+}
+
+
+def _peak_mb():
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def time_phase(step, images, warmup, repeats, steps, budget_s):
+    """Median seconds per step over `repeats` runs of `steps` steps, after `warmup` steps."""
+    start = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    compile_s = time.perf_counter() - start
+    runs, begin = [], time.perf_counter()
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        runs.append((time.perf_counter() - t) / steps)
+        if time.perf_counter() - begin > budget_s and len(runs) >= 2:
+            break
+    median = statistics.median(runs)
+    return {
+        "step_s": round(median, 5),
+        "images_per_s": round(images / median, 1),
+        "spread": round((max(runs) - min(runs)) / median, 3),
+        "runs": len(runs),
+        "warmup_s": round(compile_s, 2),
+    }
+
+
+# === keras-cskd side ===
+
+
+def keras_models(config):
+    import keras
+    import keras_hub
+
+    from keras_cskd import CLIPImageTeacher, backbones
+
+    s = config["image_size"]
+    c, t = config["clip"], config["teacher"]
+    vision = keras_hub.models.CLIPVisionEncoder(
+        patch_size=c["patch_size"], hidden_dim=c["hidden_dim"], num_layers=c["num_layers"],
+        num_heads=c["num_heads"], intermediate_dim=c["mlp_dim"], image_shape=(s, s, 3),
+    )
+    text = keras_hub.models.CLIPTextEncoder(
+        vocabulary_size=64, embedding_dim=16, hidden_dim=16, num_layers=1, num_heads=2,
+        intermediate_dim=32, max_sequence_length=8,
+    )
+    clip = CLIPImageTeacher.from_backbone(
+        keras_hub.models.CLIPBackbone(vision, text, projection_dim=c["projection_dim"]), image_size=s
+    )
+
+    def teacher():
+        if t["kind"] == "vit":
+            model = keras_hub.models.ViTBackbone(
+                image_shape=(s, s, 3), patch_size=t["patch_size"], num_layers=t["num_layers"],
+                num_heads=t["num_heads"], hidden_dim=t["hidden_dim"], mlp_dim=t["mlp_dim"],
+            )
+        else:
+            model = keras_hub.models.SwinTransformerBackbone(
+                image_shape=(s, s, 3), embed_dim=t["embed_dim"], depths=t["depths"], num_heads=t["num_heads"],
+                window_size=t["window_size"], patch_size=t["patch_size"],
+            )
+        return backbones.get(model, image_size=s)
+
+    def student():
+        return backbones.get(config["student"], image_size=s)
+
+    return clip, teacher, student
+
+
+def keras_steps(config, jit):
+    import keras
+    import numpy as np
+
+    from keras_cskd.models import AestheticScorer, CLIPFeatureAligner, SemiSupervisedDistiller
+
+    keras.utils.set_random_seed(0)
+    b, s, bins = config["batch_size"], config["image_size"], config["num_bins"]
+    clip, teacher_fn, student_fn = keras_models(config)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (b, s, s, 3)).astype("float32")
+    x_u = rng.uniform(0, 255, (b, s, s, 3)).astype("float32")
+    y = rng.dirichlet(np.ones(bins), b).astype("float32")
+    jit_kw = {} if jit is None else {"jit_compile": jit}
+    hidden = config["projection_hidden_dim"]
+    embeddings = np.asarray(clip.predict_on_batch(x))
+    result = {}
+
+    def aligner(learners):
+        model = CLIPFeatureAligner(clip, learners, projection_hidden_dim=hidden)
+        model.compile(optimizer="adam", **jit_kw)
+        return model
+
+    a = aligner({"teacher": teacher_fn(), "student": student_fn()})
+    result["align"] = (lambda: a.train_on_batch(x), b)
+    a2 = aligner({"teacher": teacher_fn(), "student": student_fn()})
+    result["align_cached"] = (lambda: a2.train_on_batch(x, embeddings), b)
+    a3 = aligner({"student": student_fn()})
+    result["align_student"] = (lambda: a3.train_on_batch(x), b)
+    a4 = aligner({"student": student_fn()})
+    result["align_student_cached"] = (lambda: a4.train_on_batch(x, embeddings), b)
+
+    teacher = AestheticScorer(teacher_fn(), num_bins=bins)
+    teacher.compile(optimizer="adam", metrics=[], **jit_kw)
+    result["finetune"] = (lambda: teacher.train_on_batch(x, y), b)
+
+    frozen = AestheticScorer(teacher_fn(), num_bins=bins)
+    d = SemiSupervisedDistiller(frozen, AestheticScorer(student_fn(), num_bins=bins))
+    d.compile(optimizer="adam", metrics=[], **jit_kw)
+    inputs = {"labeled_images": x, "unlabeled_images": x_u}
+    result["distill"] = (lambda: d.train_on_batch(inputs, y), 2 * b)
+    pseudo = np.asarray(frozen.predict_on_batch(x_u))
+    d2 = SemiSupervisedDistiller(None, AestheticScorer(student_fn(), num_bins=bins))
+    d2.compile(optimizer="adam", metrics=[], **jit_kw)
+    cached_inputs = {**inputs, "pseudo_labels": pseudo}
+    result["distill_cached"] = (lambda: d2.train_on_batch(cached_inputs, y), 2 * b)
+
+    student = AestheticScorer(student_fn(), num_bins=bins)
+    student.compile(optimizer="adam", metrics=[], **jit_kw)
+    result["inference"] = (lambda: student.predict_on_batch(x), b)
+    clip.compile(**jit_kw)
+    result["clip_forward"] = (lambda: clip.predict_on_batch(x), b)
+    return result
+
+
+def worker(args):
+    config = SIZES[args.sizes]
+    if args.worker == "peer":
+        import torch
+
+        from benchmarks.peers import torch_cskd
+
+        steps = torch_cskd.steps(config, compile_models=args.peer_compile)
+        info = {"runner": "peer-torch" + ("-compile" if args.peer_compile else ""), "threads": torch.get_num_threads()}
+    else:
+        backend, jit = RUNNERS[args.worker]
+        steps = keras_steps(config, jit)
+        info = {"runner": args.worker, "backend": backend}
+    phases = {}
+    for name in args.phases.split(","):
+        if name not in steps:
+            continue
+        step, images = steps[name]
+        phases[name] = time_phase(step, images, args.warmup, args.repeats, args.steps, args.seconds)
+        print(f"  {info['runner']:<16} {name:<22} {phases[name]['images_per_s']:>9} img/s", file=sys.stderr, flush=True)
+    return {**info, "phases": phases, "peak_rss_mb": _peak_mb()}
+
+
+# === Cached vs. uncached epochs ===
+
+
+def cache_worker(args):
+    """Whole epochs of fit on a synthetic world, uncached vs. cached, on this process's backend."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_cskd.cache import FrozenOutputCache
+    from keras_cskd.data import read_ava, semi_supervised_dataset, synthetic, unlabeled_dataset
+    from keras_cskd.models import AestheticScorer, CLIPFeatureAligner, SemiSupervisedDistiller
+
+    config = SIZES[args.sizes]
+    s, b, bins = config["image_size"], config["batch_size"], config["num_bins"]
+    tmp = tempfile.mkdtemp(prefix="cskd_throughput_")
+    world = synthetic.make_world(
+        os.path.join(tmp, "world"), num_labeled=args.cache_images, num_unlabeled=args.cache_images,
+        image_size=args.file_size, seed=0,
+    )
+    records = read_ava(world.ava_root, val_fraction=0.0, test_fraction=0.0)
+    out = {"backend": keras.backend.backend(), "images": args.cache_images, "epochs": args.cache_epochs}
+
+    # Input pipeline rate beside the step rate.
+    ds = unlabeled_dataset(world.unlabeled_dir, image_size=s, batch_size=b, training=True, seed=0)
+    for _ in ds:
+        pass
+    start, n = time.perf_counter(), 0
+    for _ in range(2):
+        for batch in ds:
+            n += int(batch.shape[0])
+    out["pipeline_images_per_s"] = round(n / (time.perf_counter() - start), 1)
+
+    clip, teacher_fn, student_fn = keras_models(config)
+
+    def timed_fit(model, data, epochs):
+        times = []
+
+        class Timer(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.t = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                times.append(time.perf_counter() - self.t)
+
+        model.fit(data, epochs=epochs, verbose=0, callbacks=[Timer()])
+        return times  # the first epoch includes tracing/compilation
+
+    def summary(times):
+        later = times[1:] or times
+        return {"first_epoch_s": round(times[0], 3), "epoch_s": round(statistics.median(later), 3)}
+
+    def new_aligner(seed=1):
+        keras.utils.set_random_seed(seed)
+        a = CLIPFeatureAligner(clip, {"student": student_fn()}, projection_hidden_dim=config["projection_hidden_dim"])
+        a.compile(optimizer="adam")
+        return a
+
+    # Phase 1, student alignment: CLIP forward each step vs. cached embeddings.
+    align = {}
+    plain = unlabeled_dataset(world.unlabeled_dir, image_size=s, batch_size=b, training=True, seed=0)
+    align["uncached"] = summary(timed_fit(new_aligner(), plain, args.cache_epochs))
+    cache = FrozenOutputCache(clip, os.path.join(tmp, "cache"), image_size=s, batch_size=b * 2, shard_size=256)
+    align["compute_s"] = cache.compute(world.unlabeled_dir)["seconds"]
+    cached = cache.dataset(world.unlabeled_dir, batch_size=b, training=True, seed=0)
+    align["cached"] = summary(timed_fit(new_aligner(), cached, args.cache_epochs))
+    align["speedup"] = round(align["uncached"]["epoch_s"] / align["cached"]["epoch_s"], 2)
+    # Same trained result on unaugmented views: one epoch each, same order.
+    w = []
+    for data in (
+        unlabeled_dataset(world.unlabeled_dir, image_size=s, batch_size=b, training=False),
+        cache.dataset(world.unlabeled_dir, batch_size=b, training=False),
+    ):
+        a = new_aligner(seed=3)
+        a.fit(data, epochs=1, verbose=0)
+        w.append([np.asarray(v) for v in a.learners["student"].get_weights()])
+    align["max_weight_diff_unaugmented"] = float(max(np.max(np.abs(p - q)) for p, q in zip(*w)))
+    out["align_student"] = align
+
+    # Phase 2, distillation: teacher forward each step vs. cached pseudo-labels.
+    keras.utils.set_random_seed(2)
+    teacher = AestheticScorer(teacher_fn(), num_bins=bins)
+
+    def new_distiller(with_teacher):
+        keras.utils.set_random_seed(4)
+        d = SemiSupervisedDistiller(teacher if with_teacher else None, AestheticScorer(student_fn(), num_bins=bins))
+        d.compile(optimizer="adam", metrics=[])
+        return d
+
+    dist = {}
+    data = semi_supervised_dataset(records, world.unlabeled_dir, image_size=s, batch_size=b, seed=0)
+    dist["uncached"] = summary(timed_fit(new_distiller(True), data, args.cache_epochs))
+    tcache = FrozenOutputCache(teacher, os.path.join(tmp, "cache"), image_size=s, batch_size=b * 2, shard_size=256)
+    dist["compute_s"] = tcache.compute(world.unlabeled_dir)["seconds"]
+    data = tcache.semi_supervised_dataset(records, world.unlabeled_dir, batch_size=b, seed=0)
+    dist["cached"] = summary(timed_fit(new_distiller(False), data, args.cache_epochs))
+    dist["speedup"] = round(dist["uncached"]["epoch_s"] / dist["cached"]["epoch_s"], 2)
+    out["distill"] = dist
+    out["peak_rss_mb"] = _peak_mb()
+    tf.io.gfile.rmtree(tmp)
+    return out
+
+
+# === Driver ===
+
+
+def _spawn(args, worker, backend):
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", worker] + args.passthrough
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        return {"runner": worker, "error": f"exit {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def markdown(results):
+    runners = [r for r in results["runners"] if "phases" in r]
+    peer = next((r for r in runners if r["runner"].startswith("peer")), None)
+    ours = [r for r in runners if r is not peer]
+    head = "| phase | " + " | ".join(r["runner"] for r in runners) + " | best keras-cskd / peer |"
+    lines = [head, "|" + " --- |" * (len(runners) + 2)]
+    for phase in PHASES:
+        cells = [str(r["phases"].get(phase, {}).get("images_per_s", "-")) for r in runners]
+        ratio = "-"
+        if peer and phase in peer["phases"] and ours:
+            best = max(r["phases"].get(phase, {}).get("images_per_s", 0) for r in ours)
+            ratio = f"{best / peer['phases'][phase]['images_per_s']:.2f}"
+        lines.append(f"| {phase} | " + " | ".join(cells) + f" | {ratio} |")
+    lines.append("| peak RSS (MB) | " + " | ".join(str(r["peak_rss_mb"]) for r in runners) + " | |")
+    c = results.get("cache")
+    if c and "align_student" in c:
+        lines += [
+            "",
+            f"Cached vs. uncached epochs ({c['backend']}, {c['images']} unlabeled images, median epoch after the first):",
+            "",
+            "| phase | uncached epoch s | cache compute s (once) | cached epoch s | speedup |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for key in ("align_student", "distill"):
+            p = c[key]
+            lines.append(f"| {key} | {p['uncached']['epoch_s']} | {p['compute_s']} | {p['cached']['epoch_s']} | {p['speedup']}x |")
+        lines += [
+            "",
+            f"Input pipeline: {c['pipeline_images_per_s']} decoded images/s (`unlabeled_dataset(training=True)`). "
+            f"Largest weight difference, cached vs. uncached alignment epoch on unaugmented views: "
+            f"{c['align_student']['max_weight_diff_unaugmented']:.2e}.",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", choices=sorted(SIZES), default="cpu")
+    parser.add_argument("--runners", default="tensorflow,tensorflow-xla,jax,torch,peer")
+    parser.add_argument("--phases", default=",".join(DEFAULT_PHASES), help=f"any of {','.join(PHASES)}")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=2, help="steps per timed run")
+    parser.add_argument("--seconds", type=float, default=6.0, help="stop repeating a phase after this long")
+    parser.add_argument("--peer-compile", action="store_true", help="torch.compile the peer's models")
+    parser.add_argument("--cache-epochs", type=int, default=3, help="epochs per cached/uncached run (0: skip)")
+    parser.add_argument("--cache-images", type=int, default=128)
+    parser.add_argument("--cache-backend", default=None, help="default: the fastest keras-cskd backend on 'align'")
+    parser.add_argument("--file-size", type=int, default=48, help="side of the generated JPEGs")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--markdown", default=None)
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        result = cache_worker(args) if args.worker == "cache" else worker(args)
+        print(json.dumps(result))
+        return result
+
+    args.passthrough = [
+        "--sizes", args.sizes, "--phases", args.phases, "--warmup", str(args.warmup), "--repeats", str(args.repeats),
+        "--steps", str(args.steps), "--seconds", str(args.seconds), "--cache-epochs", str(args.cache_epochs),
+        "--cache-images", str(args.cache_images), "--file-size", str(args.file_size),
+    ] + (["--peer-compile"] if args.peer_compile else [])
+    results = {"sizes": args.sizes, "config": SIZES[args.sizes], "cores": os.cpu_count(), "runners": []}
+    for runner in args.runners.split(","):
+        backend = "torch" if runner == "peer" else RUNNERS[runner][0]
+        print(f"running {runner} ...", file=sys.stderr, flush=True)
+        results["runners"].append(_spawn(args, runner, backend))
+    ours = [r for r in results["runners"] if "phases" in r and not r["runner"].startswith("peer") and "align" in r["phases"]]
+    if args.cache_epochs > 0 and (ours or args.cache_backend):
+        backend = args.cache_backend or RUNNERS[max(ours, key=lambda r: r["phases"]["align"]["images_per_s"])["runner"]][0]
+        print(f"cache epochs on {backend} ...", file=sys.stderr, flush=True)
+        results["cache"] = _spawn(args, "cache", backend)
+    table = markdown(results)
+    print(table)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
