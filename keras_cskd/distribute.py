@@ -194,6 +194,7 @@ def data_parallel(enabled=True, mixed_precision=None, jit_compile=None, devices=
             GPUs if any, else CPUs).
 
     Example:
+    >>> import keras
     >>> strategy = data_parallel()
     >>> with strategy.scope():
     ...     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
