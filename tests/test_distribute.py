@@ -393,5 +393,27 @@ def test_scope_passes_jit_compile_and_restores_compile():
         distribute.data_parallel(enabled=False, mixed_precision="float8")
 
 
+def test_mixed_bfloat16_option_trains_a_scorer():
+    import keras
+
+    from keras_cskd import distribute
+    from keras_cskd.models import AestheticScorer
+    from tests import tiny
+
+    try:
+        strategy = distribute.data_parallel(enabled=False, mixed_precision="mixed_bfloat16")
+        with strategy.scope():
+            scorer = AestheticScorer(tiny.conv_backbone())
+            scorer.compile(optimizer="sgd", metrics=[])
+        assert keras.config.dtype_policy().name == "mixed_bfloat16"
+        assert scorer.backbone.layers[1].compute_dtype == "bfloat16"
+        assert scorer.backbone.layers[1].kernel.dtype == "float32"
+        x = tiny.images(8)
+        history = scorer.fit(x, tiny.learnable_scores(x), batch_size=4, epochs=1, verbose=0)
+        assert np.isfinite(history.history["loss"]).all()
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
 if __name__ == "__main__":
     worker(sys.argv[1], sys.argv[2])
