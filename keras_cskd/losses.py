@@ -12,6 +12,18 @@ from keras import ops
 _EPSILON = 1e-12
 
 
+def unscaled_for_logging(loss):
+    """A `Loss` value as one device would log it.
+
+    Under `tf.distribute`, Keras scales each replica's loss by 1/N so that
+    summed gradients are right; per-term loss trackers must undo that, as
+    Keras's own `loss` tracker does. Elsewhere the value is returned as is.
+    """
+    from keras.src.losses.loss import unscale_loss_for_distribution
+
+    return unscale_loss_for_distribution(loss)
+
+
 def check_distributions(y_true, y_pred, where):
     """Raise a clear `ValueError` unless both are (batch, bins) with equal bins."""
     for role, tensor in (("y_true", y_true), ("y_pred", y_pred)):

@@ -298,7 +298,6 @@ def test_tensorflow_multi_worker_two_processes(tf_multi_worker):
     _check(out, ref, 2, 2, "tf.distribute.MultiWorkerMirroredStrategy", skip=TERM_LOGS, parts=PROCESS_PARTS)
 
 
-@pytest.mark.xfail(strict=True, reason="per-term loss trackers log 1/N under tf.distribute (models/aligner.py, distiller.py)")
 def test_tensorflow_mirrored_per_term_loss_logs(tf_mirrored):
     out, ref = tf_mirrored
     _compare(ref, dict(np.load(out / "rank0.npz")), "rank 0", TERM_LOGS)

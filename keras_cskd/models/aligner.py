@@ -7,6 +7,7 @@ from keras import ops
 from keras_cskd import backbones
 from keras_cskd.layers import ProjectionHead
 from keras_cskd.losses import CosineAlignmentLoss
+from keras_cskd.losses import unscaled_for_logging
 from keras_cskd.models.base import FunctionalModel
 from keras_cskd.models.base import RestoresCompile
 
@@ -124,7 +125,7 @@ class CLIPFeatureAligner(RestoresCompile, keras.Model):
         total = 0.0
         for name, tracker in zip(self.learner_names, self.loss_trackers):
             loss = self.alignment_loss(target, y_pred[name], sample_weight=sample_weight)
-            tracker.update_state(loss)
+            tracker.update_state(unscaled_for_logging(loss))
             total = total + loss
         for loss in self.losses:
             total = total + loss

@@ -6,6 +6,7 @@ from keras import ops
 
 from keras_cskd.losses import EMDDistillation
 from keras_cskd.losses import EMDLoss
+from keras_cskd.losses import unscaled_for_logging
 from keras_cskd.models.base import RestoresCompile
 from keras_cskd.models.scorer import default_metrics
 
@@ -102,10 +103,10 @@ class SemiSupervisedDistiller(RestoresCompile, keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         labeled_pred = y_pred["labeled"] if isinstance(y_pred, dict) else y_pred
         total = self.supervised_loss(y, labeled_pred, sample_weight=sample_weight)
-        self.supervised_tracker.update_state(total)
+        self.supervised_tracker.update_state(unscaled_for_logging(total))
         if isinstance(y_pred, dict) and "unlabeled" in y_pred:
             distillation = self.distillation_loss.compute_loss(self._pseudo_labels(x), y_pred["unlabeled"])
-            self.distillation_tracker.update_state(distillation)
+            self.distillation_tracker.update_state(unscaled_for_logging(distillation))
             total = total + self.unlabeled_weight * distillation
         for loss in self.losses:
             total = total + loss
