@@ -158,7 +158,9 @@ def keras_steps(config, jit):
     y = rng.dirichlet(np.ones(bins), b).astype("float32")
     jit_kw = {} if jit is None else {"jit_compile": jit}
     hidden = config["projection_hidden_dim"]
-    embeddings = np.asarray(clip.predict_on_batch(x))
+    # Tensors, not numpy: on torch, train_on_batch passes numpy targets through
+    # unconverted and the models' ops.stop_gradient fails on them.
+    embeddings = keras.ops.convert_to_tensor(np.asarray(clip.predict_on_batch(x)))
     result = {}
 
     def aligner(learners):
@@ -184,7 +186,7 @@ def keras_steps(config, jit):
     d.compile(optimizer="adam", metrics=[], **jit_kw)
     inputs = {"labeled_images": x, "unlabeled_images": x_u}
     result["distill"] = (lambda: d.train_on_batch(inputs, y), 2 * b)
-    pseudo = np.asarray(frozen.predict_on_batch(x_u))
+    pseudo = keras.ops.convert_to_tensor(np.asarray(frozen.predict_on_batch(x_u)))
     d2 = SemiSupervisedDistiller(None, AestheticScorer(student_fn(), num_bins=bins))
     d2.compile(optimizer="adam", metrics=[], **jit_kw)
     cached_inputs = {**inputs, "pseudo_labels": pseudo}
