@@ -60,6 +60,17 @@ def test_aligner_accepts_precomputed_clip_embeddings():
     assert falls(history, "loss")
 
 
+def test_precomputed_targets_work_with_train_on_batch():
+    aligner = make_aligner()
+    aligner.compile(optimizer="adam")
+    x = tiny.images(4)
+    assert np.isfinite(aligner.train_on_batch(x, aligner.teacher.predict(x, verbose=0), return_dict=True)["loss"])
+    distiller = SemiSupervisedDistiller(None, AestheticScorer(tiny.conv_backbone(4)))
+    distiller.compile(optimizer="adam")
+    inputs = {"labeled_images": x, "unlabeled_images": x, "pseudo_labels": tiny.learnable_scores(x)}
+    assert np.isfinite(distiller.train_on_batch(inputs, tiny.learnable_scores(x), return_dict=True)["loss"])
+
+
 def test_scorer_learns_and_scores():
     x = tiny.images(32)
     y = tiny.learnable_scores(x)

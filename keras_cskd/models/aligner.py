@@ -121,7 +121,7 @@ class CLIPFeatureAligner(RestoresCompile, keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if y is None:
             y = self.teacher(x, training=False)
-        target = ops.stop_gradient(y)
+        target = ops.stop_gradient(ops.convert_to_tensor(y))  # y may be numpy (train_on_batch)
         total = 0.0
         for name, tracker in zip(self.learner_names, self.loss_trackers):
             loss = self.alignment_loss(target, y_pred[name], sample_weight=sample_weight)

@@ -93,7 +93,7 @@ class SemiSupervisedDistiller(RestoresCompile, keras.Model):
 
     def _pseudo_labels(self, x):
         if PSEUDO_LABELS in x:
-            return ops.stop_gradient(x[PSEUDO_LABELS])
+            return ops.stop_gradient(ops.convert_to_tensor(x[PSEUDO_LABELS]))  # may be numpy
         if self.teacher is None:
             raise ValueError(
                 f"SemiSupervisedDistiller has no teacher: give {PSEUDO_LABELS!r} in the inputs."
