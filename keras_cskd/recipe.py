@@ -467,7 +467,7 @@ def predict_split(model, config, datasets, split="test"):
     """(true distributions, predicted distributions) over a split, in step."""
     true, pred = [], []
     for images, distributions in _labeled(config, datasets, split, False):
-        pred.append(np.asarray(model.predict_on_batch(images)))
+        pred.append(np.asarray(model.predict_on_batch(images.numpy())))
         true.append(distributions.numpy())
     if not true:
         raise ConfigError(f"the {split!r} split produced no images")
