@@ -5,7 +5,7 @@
     cskd config --example                 print a config with every field described
     cskd align | train-teacher | distill | evaluate [--config CONFIG] [--out DIR]
     cskd predict MODEL PATH... [--csv FILE]
-    cskd export MODEL --out DIR [--format tf_saved_model|onnx]
+    cskd export MODEL --out DIR|FILE.onnx [--format tf_saved_model|onnx]
     cskd analyze MODEL... --images PATH... --out DIR
 
 Subcommands that live beside the code they drive add themselves with a
@@ -151,10 +151,20 @@ def build_parser():
     predict.add_argument("--image-size", type=int, help="default: the model's input size")
     predict.set_defaults(func=_predict)
 
-    export = subparsers.add_parser("export", help="write a SavedModel for TF Serving (image bytes in) or ONNX")
+    export = subparsers.add_parser(
+        "export", help="write a SavedModel for TF Serving (image bytes in) or an ONNX file (0..255 images in)",
+        description="tf_saved_model: a folder whose serving_default takes encoded image bytes (TensorFlow engine). "
+        "onnx: one .onnx file; input 'images' float32 (batch, H, W, 3) in 0..255, outputs 'distribution' and "
+        "'mean_score'; exported with PyTorch's exporter (torch.onnx, dynamo) from any backend; "
+        'needs pip install "keras-cskd[onnx]".',
+    )
     export.add_argument("model", metavar="MODEL", help="a .keras AestheticScorer")
-    export.add_argument("--out", required=True, help="output folder, e.g. serving/aesthetics/1")
-    export.add_argument("--format", default="tf_saved_model", choices=("tf_saved_model", "onnx"))
+    export.add_argument(
+        "--out", required=True,
+        help="tf_saved_model: output folder, e.g. serving/aesthetics/1; onnx: a file ending in .onnx, e.g. model.onnx",
+    )
+    export.add_argument("--format", default="tf_saved_model", choices=("tf_saved_model", "onnx"),
+                        help="default: tf_saved_model")
     export.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="default: the model's input size")
     export.set_defaults(func=_export)
 
