@@ -62,6 +62,17 @@ SIZES = {
         teacher=dict(kind="swin", embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32], window_size=7, patch_size=4),
         student="MobileNetV2",
     ),
+    # Runs on a 2-core CPU with the paper's FLOP ratio of CLIP forward to student
+    # training step (per image, XLA cost analysis: ViT-B/16 forward at 224 is 35.3
+    # GFLOPs, a MobileNetV2 alignment step at 224 1.95 GFLOPs, 18.1x; here 64 px,
+    # a 7-layer 256-wide CLIP with 16x16 patches of 4 px (as ViT-B/16's 14x14 of
+    # 16 px): 3.34 vs 0.178 GFLOPs, 18.8x). `--sizes ratio` prints both counts.
+    "ratio": dict(
+        image_size=64, batch_size=8, num_bins=10, projection_hidden_dim=512,
+        clip=dict(patch_size=4, hidden_dim=256, num_layers=7, num_heads=4, mlp_dim=1024, projection_dim=256),
+        teacher=dict(kind="vit", patch_size=4, hidden_dim=96, num_layers=4, num_heads=4, mlp_dim=384),
+        student="MobileNetV2",
+    ),
 }
 PHASES = ["align", "align_cached", "align_student", "align_student_cached", "finetune", "distill", "distill_cached", "inference", "clip_forward"]
 DEFAULT_PHASES = ["align", "align_cached", "finetune", "distill", "distill_cached", "inference", "clip_forward"]
@@ -71,6 +82,28 @@ RUNNERS = {
     "jax": ("jax", None),
     "torch": ("torch", None),
 }
+
+
+def _set_threads(n, runner):
+    """Give this worker `n` compute threads (None: the library's default, one per core).
+
+    Peer: `torch.set_num_threads(n)` and `set_num_interop_threads(n)`. TensorFlow:
+    intra-op and inter-op pools of `n` each (TensorFlow runs independent ops of a
+    graph side by side in its inter-op pool; eager PyTorch runs one op at a time).
+    JAX: XLA's intra-op threads, set through XLA_FLAGS by the driver (`_spawn`).
+    """
+    if n is None:
+        return
+    if runner == "peer":
+        import torch
+
+        torch.set_num_threads(n)
+        torch.set_num_interop_threads(n)
+    elif os.environ.get("KERAS_BACKEND") == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(n)
 
 
 def _peak_mb():
@@ -223,6 +256,47 @@ def worker(args):
     return {**info, "phases": phases, "peak_rss_mb": _peak_mb()}
 
 
+# === FLOP counts ===
+
+
+def flops_worker(args):
+    """Per-image FLOPs (XLA cost analysis, jax backend, lowered, not run) of the CLIP forward
+    and of one student alignment training step (cached targets: learner forward, backward,
+    Adam), for `--sizes` and for the paper's models."""
+    import jax
+    import numpy as np
+
+    from keras_cskd.models import CLIPFeatureAligner
+
+    def count(config, b=2):
+        s = config["image_size"]
+        clip, _, student_fn = keras_models(config)
+        x = np.zeros((b, s, s, 3), "float32")
+        tv = [v.value for v in clip.trainable_variables]
+        ntv = [v.value for v in clip.non_trainable_variables]
+        forward = jax.jit(lambda tv, ntv, x: clip.stateless_call(tv, ntv, x, training=False)[0])
+        clip_flops = forward.lower(tv, ntv, x).cost_analysis()["flops"] / b
+        a = CLIPFeatureAligner(clip, {"student": student_fn()}, projection_hidden_dim=config["projection_hidden_dim"])
+        a.compile(optimizer="adam")
+        a.optimizer.build(a.trainable_variables)
+        state = tuple(
+            [v.value for v in group]
+            for group in (a.trainable_variables, a.non_trainable_variables, a.optimizer.variables, a.metrics_variables)
+        )
+        y = np.zeros((b, config["clip"]["projection_dim"]), "float32")
+        step_flops = jax.jit(a.train_step).lower(state, (x, y, None)).cost_analysis()["flops"] / b
+        return {
+            "clip_forward_gflops": round(clip_flops / 1e9, 4),
+            "student_step_gflops": round(step_flops / 1e9, 4),
+            "ratio": round(clip_flops / step_flops, 2),
+        }
+
+    out = {args.sizes: count(SIZES[args.sizes])}
+    if args.sizes != "paper":
+        out["paper"] = count(SIZES["paper"])
+    return out
+
+
 # === Cached vs. uncached epochs ===
 
 
@@ -329,8 +403,20 @@ def cache_worker(args):
 # === Driver ===
 
 
+def _loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
 def _spawn(args, worker, backend):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    if args.threads is not None:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+        if backend == "jax":
+            flags = f"intra_op_parallelism_threads={args.threads}"
+            if args.threads == 1:
+                flags = "--xla_cpu_multi_thread_eigen=false " + flags
+            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flags).strip()
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", worker] + args.passthrough
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
@@ -352,6 +438,13 @@ def markdown(results):
             ratio = f"{best / peer['phases'][phase]['images_per_s']:.2f}"
         lines.append(f"| {phase} | " + " | ".join(cells) + f" | {ratio} |")
     lines.append("| peak RSS (MB) | " + " | ".join(str(r["peak_rss_mb"]) for r in runners) + " | |")
+    f = results.get("flops")
+    if f and "error" not in f:
+        lines += ["", "FLOPs per image (XLA cost analysis): " + "; ".join(
+            f"{k}: CLIP forward {v['clip_forward_gflops']} G, student alignment step {v['student_step_gflops']} G, "
+            f"ratio {v['ratio']}x" for k, v in f.items())]
+    lines += ["", f"Threads per runner: {results.get('threads') or 'library default'}; load average "
+              f"{results.get('loadavg_start')} at the start, {results.get('loadavg_end')} at the end ({results.get('date')})."]
     c = results.get("cache")
     if c and "align_student" in c:
         lines += [
@@ -386,14 +479,20 @@ def main(argv=None):
     parser.add_argument("--cache-epochs", type=int, default=3, help="epochs per cached/uncached run (0: skip)")
     parser.add_argument("--cache-images", type=int, default=128)
     parser.add_argument("--cache-backend", default=None, help="default: the fastest keras-cskd backend on 'align'")
-    parser.add_argument("--file-size", type=int, default=48, help="side of the generated JPEGs")
+    parser.add_argument("--file-size", type=int, default=None, help="side of the generated JPEGs (default: 1.5x the image size)")
+    parser.add_argument("--threads", type=int, default=None, help="compute threads for every runner alike (default: each library's own, one per core)")
+    parser.add_argument("--flops", action="store_true", help="count FLOPs (jax, XLA cost analysis); on by default for --sizes ratio")
     parser.add_argument("--json", default=None)
     parser.add_argument("--markdown", default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.file_size is None:
+        args.file_size = SIZES[args.sizes]["image_size"] * 3 // 2
 
     if args.worker:
-        result = cache_worker(args) if args.worker == "cache" else worker(args)
+        _set_threads(args.threads, args.worker)
+        workers = {"cache": cache_worker, "flops": flops_worker}
+        result = workers.get(args.worker, worker)(args)
         print(json.dumps(result))
         return result
 
@@ -401,9 +500,16 @@ def main(argv=None):
         "--sizes", args.sizes, "--phases", args.phases, "--warmup", str(args.warmup), "--repeats", str(args.repeats),
         "--steps", str(args.steps), "--seconds", str(args.seconds), "--cache-epochs", str(args.cache_epochs),
         "--cache-images", str(args.cache_images), "--file-size", str(args.file_size),
-    ] + (["--peer-compile"] if args.peer_compile else [])
-    results = {"sizes": args.sizes, "config": SIZES[args.sizes], "cores": os.cpu_count(), "runners": []}
-    for runner in args.runners.split(","):
+    ] + (["--peer-compile"] if args.peer_compile else []) + ([] if args.threads is None else ["--threads", str(args.threads)])
+    results = {
+        "sizes": args.sizes, "config": SIZES[args.sizes], "cores": os.cpu_count(), "threads": args.threads,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "loadavg_start": _loadavg(), "runners": [],
+    }
+    if args.flops or args.sizes == "ratio":
+        print("counting FLOPs (jax) ...", file=sys.stderr, flush=True)
+        results["flops"] = _spawn(args, "flops", "jax")
+        print(json.dumps(results["flops"]), file=sys.stderr, flush=True)
+    for runner in filter(None, args.runners.split(",")):
         backend = "torch" if runner == "peer" else RUNNERS[runner][0]
         print(f"running {runner} ...", file=sys.stderr, flush=True)
         results["runners"].append(_spawn(args, runner, backend))
@@ -412,6 +518,7 @@ def main(argv=None):
         backend = args.cache_backend or RUNNERS[max(ours, key=lambda r: r["phases"]["align"]["images_per_s"])["runner"]][0]
         print(f"cache epochs on {backend} ...", file=sys.stderr, flush=True)
         results["cache"] = _spawn(args, "cache", backend)
+    results["loadavg_end"] = _loadavg()
     table = markdown(results)
     print(table)
     if args.json:
