@@ -183,3 +183,28 @@ def test_models_load_on_the_other_backends(tmp_path):
         for name, outputs in expected.items():
             for a, b in zip(outputs, loaded[name]):
                 np.testing.assert_allclose(a, np.asarray(b), atol=1e-4, err_msg=f"{name}: {here} -> {backend}")
+
+
+def test_torch_zeroes_every_gradient_between_steps():
+    """Same-named layers in two sub-models (two projectors, two score heads) must not lose
+    their torch parameter registration: their gradients would pile up from step to step."""
+    if keras.backend.backend() != "torch":
+        pytest.skip("torch's zero_grad() only")
+    x = tiny.images(4)
+    teacher = AestheticScorer(tiny.conv_backbone(), name="teacher")
+    models = [
+        CLIPFeatureAligner(CLIPImageTeacher.from_backbone(tiny.clip_backbone()),
+                           {"teacher": tiny.conv_backbone(), "student": tiny.conv_backbone()}, projection_hidden_dim=8),
+        SemiSupervisedDistiller(teacher, AestheticScorer(tiny.conv_backbone(), name="student")),
+    ]
+    batches = [(x, None), ({"labeled_images": x, "unlabeled_images": x}, tiny.learnable_scores(x))]
+    for model, (inputs, targets) in zip(models, batches):
+        registered = {id(p) for p in model.parameters()}
+        assert all(id(v.value) in registered for v in model.trainable_variables)
+        model.compile(optimizer=keras.optimizers.SGD(0.0))
+        model.train_on_batch(inputs, targets)
+        first = [keras.ops.convert_to_numpy(v.value.grad) for v in model.trainable_variables]
+        model.train_on_batch(inputs, targets)
+        second = [keras.ops.convert_to_numpy(v.value.grad) for v in model.trainable_variables]
+        for a, b in zip(first, second, strict=True):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)

@@ -10,6 +10,7 @@ from keras_cskd.losses import CosineAlignmentLoss
 from keras_cskd.losses import unscaled_for_logging
 from keras_cskd.models.base import FunctionalModel
 from keras_cskd.models.base import RestoresCompile
+from keras_cskd.models.base import TracksEveryVariable
 
 
 @keras.saving.register_keras_serializable(package="keras_cskd")
@@ -51,7 +52,7 @@ class AlignedLearner(FunctionalModel):
 
 
 @keras.saving.register_keras_serializable(package="keras_cskd")
-class CLIPFeatureAligner(RestoresCompile, keras.Model):
+class CLIPFeatureAligner(TracksEveryVariable, RestoresCompile, keras.Model):
     """Phase 1 of CSKD: align several learners to a frozen CLIP teacher at once.
 
     Each learner gets a `ProjectionHead` sized to the CLIP embedding and is

@@ -16,7 +16,36 @@ class RestoresCompile:
             self.optimizer.build(self.trainable_variables)
 
 
-class FunctionalModel(RestoresCompile, keras.Model):
+class TracksEveryVariable:
+    """Mixin: on torch, every variable of the model is one of its parameters.
+
+    Keras's torch backend registers a model's variables as torch parameters
+    keyed by variable path, at a moment our functional models cannot catch
+    (before `__init__` ends). Two sub-models with same-named layers (two
+    learners' projectors, a teacher's and a student's score head, two ViTs)
+    share paths, and one of each pair is dropped; `zero_grad()` then never
+    clears the dropped variables' gradients, which pile up from step to step.
+    Here the parameters are keyed by position and registered as a module.
+    """
+
+    def _track_variables(self):
+        import torch
+
+        params = torch.nn.ParameterDict({str(i): v.value for i, v in enumerate(self.variables)})
+        torch.nn.Module.__setattr__(self, "_torch_params", params)
+
+    def _post_track_variable(self, variable):
+        params = self.__dict__.get("_modules", {}).get("_torch_params")
+        if params is not None and all(p is not variable.value for p in params.values()):
+            params[str(max(map(int, params.keys()), default=-1) + 1)] = variable.value
+
+    def _post_untrack_variable(self, variable):
+        params = self.__dict__.get("_modules", {}).get("_torch_params")
+        for key in [k for k, p in (params or {}).items() if p is variable.value]:
+            params.pop(key)
+
+
+class FunctionalModel(TracksEveryVariable, RestoresCompile, keras.Model):
     """Base of the library's functional models (built from inputs/outputs).
 
     Layers may be set as attributes before `super().__init__` on every backend

@@ -8,6 +8,7 @@ from keras_cskd.losses import EMDDistillation
 from keras_cskd.losses import EMDLoss
 from keras_cskd.losses import unscaled_for_logging
 from keras_cskd.models.base import RestoresCompile
+from keras_cskd.models.base import TracksEveryVariable
 from keras_cskd.models.scorer import default_metrics
 
 LABELED = "labeled_images"
@@ -16,7 +17,7 @@ PSEUDO_LABELS = "pseudo_labels"
 
 
 @keras.saving.register_keras_serializable(package="keras_cskd")
-class SemiSupervisedDistiller(RestoresCompile, keras.Model):
+class SemiSupervisedDistiller(TracksEveryVariable, RestoresCompile, keras.Model):
     """Semi-supervised knowledge distillation of CSKD's phase 2.
 
     loss = EMD(student(x_l), y_l) + unlabeled_weight * EMD(student(x_u), teacher(x_u))
