@@ -58,9 +58,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_cskd.data import labeled_dataset
 from keras_cskd.data.images import SkipCounter, file_image_stream
-from keras_cskd.data.pipelines import _as_sources, _crop_resize, _look
+from keras_cskd.data.passes import PassClock, keep_cardinality
+from keras_cskd.data.pipelines import _as_sources, _crop_resize, _finish, _labeled, _look
 
 AUTOTUNE = tf.data.AUTOTUNE
 FORMAT_VERSION = 1
@@ -264,7 +264,7 @@ class FrozenOutputCache:
 
     def _compute_shard(self, view, entries):
         files = [e[0] for e in entries]
-        ds = file_image_stream(files, shuffle=False, deterministic=True, counter=self.skipped, name="cache")
+        ds = file_image_stream(files, deterministic=True, counter=self.skipped, name="cache")
         ds = ds.map(
             lambda e: (self._image(e["image"], e["key"], view), e["key"]),
             num_parallel_calls=AUTOTUNE,
@@ -387,10 +387,20 @@ class FrozenOutputCache:
 
         `training=True` shuffles the files each pass and drops the last partial
         batch; with `views=k` each image comes as one of its `k` cached
-        augmented views, chosen at random per step. `training=False` keeps
-        the sorted file order and every image (view 0).
+        augmented views, chosen at random per step. File order and views
+        follow `(seed, pass)` (see `keras_cskd.data.passes`; the dataset's
+        clock is `.passes`). `training=False` keeps the sorted file order and
+        every image (view 0).
         Images have the cache's look; outputs are float32 as the model returned them.
         """
+        clock = PassClock(seed)
+        cached, ds = self._pairs(sources, clock, training=training, seed=seed, repeat=repeat, compute=compute)
+        ds = _finish(ds.batch(batch_size, drop_remainder=training), clock, self.skipped)
+        ds.cached = cached
+        return ds
+
+    def _pairs(self, sources, clock, *, training, seed, repeat, compute, salt=0):
+        """(the cached outputs, a dataset of unbatched `(image, output)` pairs)."""
         cached = self.load(sources, compute=compute)
         if not len(cached):
             raise ValueError("no readable image files to cache")
@@ -403,32 +413,32 @@ class FrozenOutputCache:
         outputs = tf.constant(cached.outputs)
         deterministic = seed is not None or not training
         ds = file_image_stream(
-            cached.paths, shuffle=training, seed=seed, deterministic=deterministic,
-            keep_length=training, counter=self.skipped, name="cache",
+            cached.paths, clock=clock if training else None, salt=salt, deterministic=deterministic,
+            keep_length=training, repeat=repeat, counter=self.skipped, name="cache",
         )
         k = self.num_views
 
-        def attach(element, r):
-            view = r % k if training else tf.constant(0, tf.int64)
+        def attach(element, seed):
+            view = tf.constant(0, tf.int64)
+            if training:
+                view = tf.random.stateless_uniform([], seed, maxval=k, dtype=tf.int64)
             row = table.lookup(element["key"])
             image = self._image(element["image"], element["key"], view)
             return image, tf.gather_nd(outputs, tf.stack([tf.maximum(row, 0), view])), row
 
-        randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).map(tf.abs)
-        ds = tf.data.Dataset.zip(ds, randoms).map(attach, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+        if training:
+            ds = tf.data.Dataset.zip(ds, clock.element_seeds(salt + 1))
+            ds = ds.map(attach, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+        else:
+            ds = ds.map(lambda e: attach(e, None), num_parallel_calls=AUTOTUNE, deterministic=True)
+
         def has_row(image, target, row):
             return row >= 0
 
         def drop_row(image, target, row):
             return image, target
 
-        ds = ds.filter(has_row).map(drop_row)
-        if repeat:
-            ds = ds.repeat()
-        ds = ds.batch(batch_size, drop_remainder=training).prefetch(AUTOTUNE)
-        ds.skipped = self.skipped
-        ds.cached = cached
-        return ds
+        return cached, ds.filter(has_row).map(drop_row)
 
     def semi_supervised_dataset(
         self, records, unlabeled, split="train", *, batch_size=32, unlabeled_ratio=1.0, seed=None, compute=True
@@ -439,19 +449,16 @@ class FrozenOutputCache:
         training=True)` with the cache's look; the unlabeled side is
         `self.dataset(unlabeled, training=True, repeat=True)` with the cached
         teacher outputs as pseudo-labels, so the distiller needs no teacher.
+        Both follow one `PassClock` (`.passes`).
         """
-        labeled = labeled_dataset(
-            records, split, image_size=self.look["image_size"], batch_size=batch_size, training=True, seed=seed,
-            crop_fraction=self.look["crop_fraction"], keep_aspect_ratio=self.look["keep_aspect_ratio"],
-            dtype=self.look["dtype"], skipped=self.skipped,
+        clock = PassClock(seed)
+        labeled = _labeled(
+            records, split, self.look, batch_size=batch_size, training=True, clock=clock,
+            deterministic=seed is not None, counter=self.skipped,
         )
-        unl = self.dataset(
-            unlabeled, batch_size=max(1, int(round(batch_size * unlabeled_ratio))), training=True,
-            seed=None if seed is None else seed + 7919, repeat=True, compute=compute,
-        )
+        _, unl = self._pairs(unlabeled, clock, training=True, seed=seed, repeat=True, compute=compute, salt=10)
+        unl = unl.batch(max(1, int(round(batch_size * unlabeled_ratio))), drop_remainder=True)
         ds = tf.data.Dataset.zip(labeled, unl).map(
             lambda l, u: ({"labeled_images": l[0], "unlabeled_images": u[0], "pseudo_labels": u[1]}, l[1])
         )
-        ds = ds.prefetch(AUTOTUNE)
-        ds.skipped = self.skipped
-        return ds
+        return _finish(keep_cardinality(ds, labeled), clock, self.skipped)

@@ -22,6 +22,8 @@ import threading
 import numpy as np
 import tensorflow as tf
 
+from keras_cskd.data.passes import element_seeds, first, side_step
+
 logger = logging.getLogger("keras_cskd.data")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -212,17 +214,21 @@ def skip_reason(path):
 
 
 def file_image_stream(
-    paths, labels=None, *, shuffle=False, seed=None, deterministic=True, keep_length=False, counter=None, name="images"
+    paths, labels=None, *, clock=None, salt=0, deterministic=True, keep_length=False, repeat=False, counter=None,
+    name="images",
 ):
     """Dataset of `{"image", "key", ["label"]}` decoded from files, bad files skipped.
 
-    One pass over `paths` (shuffled if asked); the element order is
-    deterministic when `deterministic` (and `seed`, if shuffling) are set.
-    When a pass skipped files, `counter.end_pass` learns which, at its end.
+    One pass over `paths`, in file order, or shuffled when a `PassClock` is
+    given: pass *k* of the clock (salted by `salt`) fixes the order with a
+    stateless shuffle, so it is the same in every run. The element order is
+    deterministic when `deterministic` is set. When a pass skipped files,
+    `counter.end_pass` learns which, at its end.
 
     With `keep_length`, the stream always has exactly `len(paths)` elements
     (a known cardinality): the places of skipped files are filled with the
-    first images of the next (reshuffled) pass.
+    first images of the next (reshuffled) pass. With `repeat`, passes follow
+    each other forever, each with its own order.
     """
     paths = np.asarray([os.fspath(p) for p in paths], str)
     if len(paths) == 0:
@@ -233,47 +239,52 @@ def file_image_stream(
     # recorded, inside the (parallel) decode step; the pass's first and last
     # steps, which yield nothing, clear the record and report the rest.
     seen = tf.lookup.experimental.MutableHashTable(tf.int64, tf.int32, default_value=0)
+    keys = tf.constant(paths)
+    label_table = None if labels is None else tf.constant(labels)
 
-    def load(element):
-        image = decode_image(tf.io.read_file(element["key"]))
+    def load(index):
+        image = decode_image(tf.io.read_file(keys[index]))
         with tf.control_dependencies([image]):  # only once decoding succeeded
-            recorded = seen.insert(element["index"], 1)
+            recorded = seen.insert(index, 1)
         with tf.control_dependencies([recorded]):
-            image = tf.identity(image)
-        return {**{k: v for k, v in element.items() if k != "index"}, "image": image}
+            element = {"key": keys[index], "image": tf.identity(image)}
+        if label_table is not None:
+            element["label"] = tf.gather(label_table, index)
+        return element
+
+    last_pass = {"empty": False}
 
     def report():
-        keys, _ = seen.export()
-        if len(keys) < n:
-            counter.end_pass(name, paths, keys.numpy())
+        found, _ = seen.export()
+        last_pass["empty"] = len(found) == 0
+        if len(found) < n:
+            counter.end_pass(name, paths, found.numpy())
         return True
 
     def clear():
-        keys, _ = seen.export()
-        with tf.control_dependencies([seen.remove(keys)]):
+        found, _ = seen.export()
+        with tf.control_dependencies([seen.remove(found)]):
             return tf.constant(True)
 
-    elements = {"index": np.arange(n, dtype=np.int64), "key": paths}
-    if labels is not None:
-        elements["label"] = labels
-    ds = tf.data.Dataset.from_tensor_slices(elements)
-    if shuffle:
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic).ignore_errors()
-    ds = _side_step(clear, ds.element_spec).concatenate(ds)
-    ds = ds.concatenate(_side_step(lambda: tf.py_function(report, [], tf.bool), ds.element_spec))
-    return ds.repeat().take(n) if keep_length else ds
+    def one_pass(order):
+        ds = tf.data.Dataset.from_tensor_slices(order)
+        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic).ignore_errors()
+        ds = side_step(clear, ds.element_spec).concatenate(ds)
+        return ds.concatenate(side_step(lambda: tf.py_function(report, [], tf.bool), ds.element_spec))
 
+    def shuffled_pass(seed):
+        return one_pass(tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=seed))
 
-def _side_step(fn, element_spec):
-    """A dataset that runs `fn` once when iterated and yields nothing, typed like `element_spec`."""
+    if clock is None:
+        ds = one_pass(tf.range(n, dtype=tf.int64))
+        ds = ds.repeat() if keep_length or repeat else ds
+    elif keep_length or repeat:
+        # Pass after pass, each with its own order; stops after a pass that found no image (as `repeat` does).
+        def passes(seed):
+            go_on = element_seeds(seed).take_while(lambda _: tf.py_function(lambda: not last_pass["empty"], [], tf.bool))
+            return go_on.flat_map(shuffled_pass)
 
-    def placeholder(spec):
-        shape = [1 if d is None else d for d in spec.shape]
-        return tf.zeros(shape, spec.dtype) if spec.dtype != tf.string else tf.fill(shape, "")
-
-    def run(_):
-        with tf.control_dependencies([fn()]):
-            return tf.nest.map_structure(placeholder, element_spec)
-
-    return tf.data.Dataset.range(1).map(run).filter(lambda *_: False)
+        ds = clock.each_pass(salt, passes)
+    else:
+        ds = clock.each_pass(salt, shuffled_pass)
+    return first(ds, n) if keep_length and not repeat else ds

@@ -24,12 +24,15 @@ skipped files and adds nothing, so metrics cover exactly the readable images;
 its length is then unknown in advance, which Keras reports as "input ran out
 of data" at the end of `evaluate`/`predict` (harmless).
 
-With a `seed`, every pass is reproducible: file order, crops and flips come
-from seeded stateless ops, and parallel stages keep their order. Successive
-passes (epochs) still differ from each other.
+With a `seed`, every pass is reproducible: file order, crops, flips and
+source mixing come from stateless ops seeded by `(seed, pass number)`, and
+parallel stages keep their order. Successive passes (epochs) differ from each
+other, and pass *k* is the same in every run, so a resumed `fit` can read
+exactly the data an uninterrupted one would (see `keras_cskd.data.passes`).
 
 Each returned dataset has a `skipped` attribute, a `SkipCounter` reporting
-unreadable files at the end of each pass.
+unreadable files at the end of each pass, and a `passes` attribute, the
+`PassClock` numbering its passes.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_cskd.data.images import SkipCounter, decode_image, file_image_stream, is_image_file, list_images
+from keras_cskd.data.passes import PassClock, element_seeds, first, keep_cardinality
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -71,13 +75,19 @@ class ImageFiles:
     def size(self):
         return len(self.paths)
 
-    def stream(self, training, seed, counter):
+    def stream(self, clock, salt, *, training, deterministic, counter, repeat=False):
+        """Decoded `{"image", "key"}`: one pass (file order), or shuffled passes of a known length.
+
+        Training streams shuffle each pass by `clock` (salted by `salt`); with
+        `repeat` they go on forever.
+        """
         return file_image_stream(
             self.paths,
-            shuffle=training,
-            seed=seed,
-            deterministic=seed is not None or not training,
+            clock=clock if training else None,
+            salt=salt,
+            deterministic=deterministic,
             keep_length=training,
+            repeat=repeat,
             counter=counter,
             name=self.name,
         )
@@ -90,7 +100,9 @@ class TFDSImages:
     is downloaded); the encoded images go through the same decoder as files.
     `image_key` defaults to the first top-level `tfds.features.Image`.
     Decode failures are dropped but not counted (TFDS checks images when it
-    builds a dataset).
+    builds a dataset). Training reads the records in their stored order
+    through a shuffle buffer of up to 10,000 seeded by the pass (TFDS shuffles
+    the records when it prepares a dataset).
 
     Example (`"tfds:<name>[/<split>]"` strings work wherever a source does,
     reading from TFDS's default data dir or `TFDS_DATA_DIR`):
@@ -116,25 +128,33 @@ class TFDSImages:
         self.image_key = image_key
         self.size = self.builder.info.splits[split].num_examples
 
-    def stream(self, training, seed, counter):
+    def stream(self, clock, salt, *, training, deterministic, counter, repeat=False):
+        """As `ImageFiles.stream`."""
         import tensorflow_datasets as tfds
 
-        ds = self.builder.as_dataset(
-            split=self.split,
-            shuffle_files=training,
-            decoders={self.image_key: tfds.decode.SkipDecoding()},
-            read_config=tfds.ReadConfig(shuffle_seed=seed),
+        records = self.builder.as_dataset(
+            split=self.split, shuffle_files=False, decoders={self.image_key: tfds.decode.SkipDecoding()}
         )
-        if training:
-            ds = ds.shuffle(min(self.size, 10_000), seed=seed, reshuffle_each_iteration=True)
         key = f"tfds:{self.name}/{self.split}"
-        ds = ds.map(
-            lambda e: {"image": decode_image(e[self.image_key]), "key": tf.constant(key)},
-            num_parallel_calls=AUTOTUNE,
-            deterministic=seed is not None or not training,
-        )
-        ds = ds.ignore_errors()
-        return ds.repeat().take(self.size) if training else ds  # known epoch length, as for files
+
+        def decoded(ds):
+            ds = ds.map(
+                lambda e: {"image": decode_image(e[self.image_key]), "key": tf.constant(key)},
+                num_parallel_calls=AUTOTUNE,
+                deterministic=deterministic,
+            )
+            return ds.ignore_errors()
+
+        if not training:
+            return decoded(records.repeat() if repeat else records)
+        buffer = min(self.size, 10_000)
+
+        def shuffled_pass(seed):
+            return decoded(records.shuffle(buffer, seed=seed[0] % (2**31), reshuffle_each_iteration=False))
+
+        ds = clock.each_pass(salt, lambda seed: element_seeds(seed).flat_map(shuffled_pass))
+        # Known epoch length, as for files (TFDS checked the images when it prepared the dataset).
+        return ds if repeat else first(ds, self.size)
 
 
 def as_source(source):
@@ -216,18 +236,17 @@ def evaluation_view(image, image_size, crop_fraction=0.875, keep_aspect_ratio=Fa
     return _crop_resize(image, None, training=False, **look)
 
 
-def _augment(ds, look, *, training, seed, deterministic):
-    def fn(element, r):
-        image = _crop_resize(element["image"], tf.stack([r, 0]), training=training, **look)
+def _augment(ds, look, *, training, clock, salt, deterministic):
+    def fn(element, seed):
+        image = _crop_resize(element["image"], seed, training=training, **look)
         return {**element, "image": image}
 
     if not training:
-        return ds.map(lambda e: fn(e, tf.constant(0, tf.int64)), num_parallel_calls=AUTOTUNE, deterministic=True)
-    randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    return tf.data.Dataset.zip(ds, randoms).map(fn, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+        return ds.map(lambda e: fn(e, None), num_parallel_calls=AUTOTUNE, deterministic=True)
+    return tf.data.Dataset.zip(ds, clock.element_seeds(salt)).map(fn, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
 
 
-def _labeled(records, split, look, *, batch_size, training, seed, counter):
+def _labeled(records, split, look, *, batch_size, training, clock, deterministic, counter):
     if split is not None:
         records = records.select(split)
     if training and len(records) < batch_size:
@@ -235,18 +254,17 @@ def _labeled(records, split, look, *, batch_size, training, seed, counter):
             f"{records.name}/{split}: {len(records)} images is fewer than batch_size={batch_size}; "
             "training drops the last partial batch, so no batch would be made"
         )
-    deterministic = seed is not None or not training
     ds = file_image_stream(
         records.paths,
         records.distributions,
-        shuffle=training,
-        seed=seed,
+        clock=clock if training else None,
+        salt=0,
         deterministic=deterministic,
         keep_length=training,
         counter=counter,
         name=f"{records.name}/{split or 'all'}",
     )
-    ds = _augment(ds, look, training=training, seed=seed, deterministic=deterministic)
+    ds = _augment(ds, look, training=training, clock=clock, salt=1, deterministic=deterministic)
     ds = ds.map(lambda e: (e["image"], e["label"]))
     return ds.batch(batch_size, drop_remainder=training)
 
@@ -296,32 +314,46 @@ def labeled_dataset(
     training = split == "train" if training is None else training
     counter = skipped if skipped is not None else SkipCounter()
     look = _look(image_size, crop_fraction, keep_aspect_ratio, dtype)
-    ds = _labeled(records, split, look, batch_size=batch_size, training=training, seed=seed, counter=counter)
-    ds = ds.prefetch(AUTOTUNE)
+    clock = PassClock(seed)
+    ds = _labeled(
+        records, split, look, batch_size=batch_size, training=training, clock=clock,
+        deterministic=seed is not None or not training, counter=counter,
+    )
+    return _finish(ds, clock, counter)
+
+
+def _finish(ds, clock, counter):
+    """Start a pass on each iteration, prefetch, attach `passes` and `skipped`."""
+    ds = clock.start(ds).prefetch(AUTOTUNE)
+    ds.passes = clock
     ds.skipped = counter
     return ds
 
 
-def _unlabeled(sources, look, *, weights, num_examples, repeat, batch_size, training, seed, counter):
+def _unlabeled(sources, look, *, weights, num_examples, repeat, batch_size, training, clock, deterministic, counter):
+    # Salts of this pipeline's random streams: 10 mixing, 11 augmentation, 12 + i source i.
     sources = _as_sources(sources)
-    streams = [s.stream(training, None if seed is None else seed + i, counter) for i, s in enumerate(sources)]
-    deterministic = seed is not None or not training
-    if len(streams) == 1 and num_examples is None:
-        ds = streams[0].repeat() if repeat else streams[0]
+    mixed = len(sources) > 1 or num_examples is not None
+
+    def stream(i, source):
+        return source.stream(
+            clock, 12 + i, training=training, deterministic=deterministic, counter=counter, repeat=repeat or mixed
+        )
+
+    if not mixed:
+        ds = stream(0, sources[0])
     else:
         sizes = np.array([s.size for s in sources], np.float64)
         weights = sizes if weights is None else np.asarray(weights, np.float64)
         if len(weights) != len(sources) or np.any(weights < 0) or weights.sum() <= 0:
             raise ValueError(f"need one non-negative weight per source ({len(sources)}), got {weights}")
-        ds = tf.data.Dataset.sample_from_datasets(
-            [s.repeat() for s in streams],
-            weights=(weights / weights.sum()).tolist(),
-            seed=seed,
-            rerandomize_each_iteration=True,
-        )
+        logits = tf.math.log([weights / weights.sum()])
+
+        choices = clock.element_seeds(10).map(lambda s: tf.random.stateless_categorical(logits, 1, seed=s)[0, 0])
+        ds = tf.data.Dataset.choose_from_datasets([stream(i, s) for i, s in enumerate(sources)], choices)
         if not repeat:
-            ds = ds.take(int(num_examples or sizes.sum()))
-    ds = _augment(ds, look, training=training, seed=seed, deterministic=deterministic)
+            ds = first(ds, int(num_examples or sizes.sum()))
+    ds = _augment(ds, look, training=training, clock=clock, salt=11, deterministic=deterministic)
     return ds.batch(batch_size, drop_remainder=training)
 
 
@@ -376,14 +408,13 @@ def unlabeled_dataset(
     """
     counter = skipped if skipped is not None else SkipCounter()
     look = _look(image_size, crop_fraction, keep_aspect_ratio, dtype)
+    clock = PassClock(seed)
     ds = _unlabeled(
-        sources, look, weights=weights, num_examples=num_examples, repeat=repeat,
-        batch_size=batch_size, training=training, seed=seed, counter=counter,
+        sources, look, weights=weights, num_examples=num_examples, repeat=repeat, batch_size=batch_size,
+        training=training, clock=clock, deterministic=seed is not None or not training, counter=counter,
     )
     ds = ds.map(lambda e: (e["image"], e["key"]) if return_paths else e["image"])
-    ds = ds.prefetch(AUTOTUNE)
-    ds.skipped = counter
-    return ds
+    return _finish(ds, clock, counter)
 
 
 def semi_supervised_dataset(
@@ -434,14 +465,17 @@ def semi_supervised_dataset(
     """
     counter = skipped if skipped is not None else SkipCounter()
     look = _look(image_size, crop_fraction, keep_aspect_ratio, dtype)
-    labeled = _labeled(records, split, look, batch_size=batch_size, training=True, seed=seed, counter=counter)
+    clock = PassClock(seed)
+    deterministic = seed is not None
+    labeled = _labeled(
+        records, split, look, batch_size=batch_size, training=True, clock=clock, deterministic=deterministic,
+        counter=counter,
+    )
     unl = _unlabeled(
         unlabeled, look, weights=unlabeled_weights, num_examples=None, repeat=True,
-        batch_size=max(1, int(round(batch_size * unlabeled_ratio))), training=True,
-        seed=None if seed is None else seed + 7919, counter=counter,
+        batch_size=max(1, int(round(batch_size * unlabeled_ratio))), training=True, clock=clock,
+        deterministic=deterministic, counter=counter,
     )
     ds = tf.data.Dataset.zip(labeled, unl.map(lambda e: e["image"]))
     ds = ds.map(lambda l, u: ({"labeled_images": l[0], "unlabeled_images": u}, l[1]))
-    ds = ds.prefetch(AUTOTUNE)
-    ds.skipped = counter
-    return ds
+    return _finish(keep_cardinality(ds, labeled), clock, counter)

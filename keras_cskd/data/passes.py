@@ -1,0 +1,118 @@
+"""Numbered passes: the randomness of each epoch fixed by (seed, epoch).
+
+tf.data's `reshuffle_each_iteration` draws each pass's seed from a hidden
+counter that starts over in a new process, so a run resumed at epoch 5 would
+shuffle and augment epoch 5 like epoch 1. The pipelines of this package
+instead derive every random choice of a pass (file order, crops, flips,
+source mixing) with stateless ops from `(seed, pass number)`, and number
+the passes with a `PassClock`: each returned dataset has one as `.passes`.
+
+The clock counts the passes of its dataset 0, 1, 2, ... (each `fit` epoch
+iterates once, so plain `fit` reshuffles every epoch). `clock.pin(epoch)`
+sets the number of the next pass; `keras_cskd.callbacks.PassesFollowEpochs`
+does so at the start of every epoch, so a resumed `fit` (`initial_epoch=k`)
+reads exactly the data of an uninterrupted one.
+
+Example:
+
+>>> clock = PassClock(seed=0)
+>>> ds = clock.start(clock.each_pass(0, lambda seed: tf.data.Dataset.from_tensors(seed)))
+>>> first, second = next(iter(ds)), next(iter(ds))  # two passes differ
+>>> bool((first != second).numpy().any())
+True
+>>> clock.pin(0)
+>>> bool((next(iter(ds)) == first).numpy().all())  # pass 0 again
+True
+"""
+
+import random
+import threading
+
+import tensorflow as tf
+
+
+class PassClock:
+    """Numbers the passes over a dataset; see the module docstring.
+
+    Args:
+        seed: base seed of every pass; `None` draws one at random (the
+            passes still differ from each other, but not from run to run).
+    """
+
+    def __init__(self, seed=None):
+        self.seed = random.SystemRandom().randrange(2**31) if seed is None else int(seed)
+        self.current = 0
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def pin(self, number):
+        """Make the next pass number `number` (e.g. the epoch about to start)."""
+        with self._lock:
+            self._next = int(number)
+
+    def _start_pass(self):
+        with self._lock:
+            self.current, self._next = self._next, self._next + 1
+        return True
+
+    def start(self, ds):
+        """`ds`, starting a new pass each time it is iterated (before anything reads the clock)."""
+        start = side_step(lambda: tf.py_function(self._start_pass, [], tf.bool), ds.element_spec)
+        return start.concatenate(ds)
+
+    def _pass_seed(self):
+        return tf.constant([self.seed, self.current], tf.int64)
+
+    def each_pass(self, salt, make):
+        """The dataset `make(seed)` for this pass's seed, a (2,) int64 tensor.
+
+        `salt` (an int) tells apart the random streams of one pass (file
+        order, augmentation, mixing, each source). `make` builds a dataset
+        from the seed with stateless ops (`fold_in`, `stateless_shuffle`, ...).
+        """
+        seed = tf.data.Dataset.from_tensors(tf.constant(salt, tf.int64))
+
+        def pass_seed(salt):
+            current = tf.ensure_shape(tf.py_function(self._pass_seed, [], tf.int64), [2])
+            return tf.random.experimental.stateless_fold_in(current, salt)
+
+        return seed.map(pass_seed).flat_map(make)
+
+    def element_seeds(self, salt):
+        """An endless dataset of (2,) seeds for this pass, one per element (see `element_seeds`)."""
+        seeds = self.each_pass(salt, element_seeds)
+        return seeds.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
+
+
+def element_seeds(seed):
+    """An endless dataset of (2,) seeds, one per element of a pass: `fold_in(seed, i)`."""
+    return tf.data.Dataset.counter().map(lambda i: tf.random.experimental.stateless_fold_in(seed, i))
+
+
+def first(ds, n):
+    """The first `n` elements of an endless stream, with `n` as known cardinality.
+
+    Through `repeat`, so a stream that runs dry (every file unreadable) ends
+    the dataset early instead of failing a cardinality check.
+    """
+    return ds.repeat().take(n)
+
+
+def keep_cardinality(ds, like):
+    """`ds`, declaring the known number of elements of `like` (lost through `filter` and `flat_map`)."""
+    cardinality = int(like.cardinality())
+    return ds.apply(tf.data.experimental.assert_cardinality(cardinality)) if cardinality >= 0 else ds
+
+
+def side_step(fn, element_spec):
+    """A dataset that runs `fn` once when iterated and yields nothing, typed like `element_spec`."""
+
+    def placeholder(spec):
+        shape = [1 if d is None else d for d in spec.shape]
+        return tf.zeros(shape, spec.dtype) if spec.dtype != tf.string else tf.fill(shape, "")
+
+    def run(_):
+        with tf.control_dependencies([fn()]):
+            return tf.nest.map_structure(placeholder, element_spec)
+
+    return tf.data.Dataset.range(1).map(run).skip(1)  # skip runs it; cardinality stays known (0)
