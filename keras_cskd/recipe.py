@@ -14,10 +14,12 @@ Phases, each writing to its own folder under the run's output folder:
 
 A finished phase leaves `done.json` and its `.keras` model and is never
 recomputed. A phase killed at any moment (SIGKILL included) resumes from its
-last completed epoch (`keras.callbacks.BackupAndRestore`, two checkpoint
-copies so a kill during a save loses nothing). A non-finite loss stops the
-phase, keeps the last good checkpoint and raises `PhaseError`; Ctrl-C saves
-the current weights before it exits.
+last completed epoch (`keras_cskd.callbacks.CheckpointEachEpoch`: atomic
+checkpoints, the newest two kept) and, since each epoch's data is fixed by
+(seed, epoch) (`PassesFollowEpochs`), ends with the weights an uninterrupted
+run would have. A non-finite loss stops the phase, keeps the last good
+checkpoint and raises `PhaseError`; Ctrl-C saves the current weights before
+it exits.
 
 Example:
 >>> config = RecipeConfig()  # the built-in demo: synthetic world, small models
@@ -28,7 +30,6 @@ Example:
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import tomllib
@@ -40,6 +41,8 @@ from keras_cskd import backbones
 from keras_cskd import data
 from keras_cskd import distribute
 from keras_cskd import metrics as cskd_metrics
+from keras_cskd.callbacks import CheckpointEachEpoch
+from keras_cskd.callbacks import PassesFollowEpochs
 from keras_cskd.clip import CLIPImageTeacher
 from keras_cskd.layers import bin_values_for
 from keras_cskd.models import AestheticScorer
@@ -262,36 +265,6 @@ def prepare_data(config, out_dir):
 # === Phases ===
 
 
-class CheckpointEachEpoch(keras.callbacks.BackupAndRestore):
-    """`BackupAndRestore` that never saves a non-finite state and stops on one.
-
-    Keeps two copies of the last checkpoint (a kill during a save loses
-    nothing) and keeps them after training, so a stopped phase can resume.
-    """
-
-    def __init__(self, backup_dir):
-        super().__init__(backup_dir, double_checkpoint=True, delete_checkpoint=False)
-        self.non_finite = None
-
-    def _check(self, logs, where):
-        bad = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float)) and not math.isfinite(v)}
-        if bad and self.non_finite is None:
-            self.non_finite = f"{where}: {', '.join(f'{k}={v}' for k, v in bad.items())}"
-            self.model.stop_training = True
-        return bool(bad)
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._check(logs, f"batch {batch + 1} of epoch {self._current_epoch + 1}")
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.non_finite is None and not self._check(logs, f"end of epoch {epoch + 1}"):
-            super().on_epoch_end(epoch, logs)
-
-    @property
-    def completed_epochs(self):
-        return self._current_epoch
-
-
 def _save_atomically(model, path):
     tmp = path[:-len(".keras")] + ".partial.keras"
     model.save(tmp)
@@ -336,10 +309,13 @@ class Phase:
         """Fit `model` (resuming from a checkpoint), save it, mark the phase done.
 
         `callbacks` run after the phase's own (checkpoint, CSV and TensorBoard logs).
+        A `keras_cskd.data` dataset reads pass *epoch* in each epoch, so a
+        resumed phase sees the data an uninterrupted one would.
         """
         os.makedirs(self.dir, exist_ok=True)
         checkpoint = CheckpointEachEpoch(os.path.join(self.dir, "checkpoint"))
         callbacks = [
+            PassesFollowEpochs(dataset),
             checkpoint,
             keras.callbacks.CSVLogger(os.path.join(self.dir, "history.csv"), append=True),
             keras.callbacks.TensorBoard(os.path.join(self.dir, "logs"), write_graph=False),

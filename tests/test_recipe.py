@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from keras_cskd import cli
+from keras_cskd import data
 from keras_cskd import recipe
 from keras_cskd.models import AestheticScorer
+from keras_cskd.models import SemiSupervisedDistiller
 
 from tests import tiny
 
@@ -130,12 +132,13 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     phase = recipe.Phase(str(tmp_path), "teacher", "teacher.keras", log=lambda *_: None)
     with pytest.raises(recipe.PhaseError, match=r"non-finite loss at batch 1 of epoch 2.*\(epoch 1\)"):
         phase.train(model, dataset, epochs=3, callbacks=[PoisonAfterFirstEpoch(poison)])
-    metadata = json.load(open(tmp_path / "teacher" / "checkpoint" / "training_metadata.json"))
-    assert metadata["epoch"] == 1
+    checkpoints = sorted(os.listdir(tmp_path / "teacher" / "checkpoint"))
+    assert checkpoints == ["epoch-00001"]
+    assert json.load(open(tmp_path / "teacher" / "checkpoint" / "epoch-00001" / "state.json")) == {"epoch": 1}
     assert not phase.done
     restored = AestheticScorer(keras.Sequential([tiny.conv_backbone(), Poison()]))
     restored.compile()
-    restored.load_weights(str(tmp_path / "teacher" / "checkpoint" / "latest.weights.h5"))
+    restored.load_weights(str(tmp_path / "teacher" / "checkpoint" / "epoch-00001" / "model.weights.h5"))
     weights = restored.get_weights()
     assert all(np.all(np.isfinite(w)) for w in weights)
     assert any(np.any(w != 0) for w in weights)
@@ -156,23 +159,15 @@ def killable_config():
     return config
 
 
-def completed_epochs(metadata):
-    try:
-        with open(metadata) as file:
-            return json.load(file)["epoch"]
-    except (OSError, ValueError, KeyError):  # not there yet, or being written
-        return 0
-
-
 def test_sigkill_mid_phase_resumes_from_last_completed_epoch(tmp_path):
     out = str(tmp_path / "run")
-    metadata = os.path.join(out, "align", "checkpoint", "training_metadata.json")
+    first_checkpoint = os.path.join(out, "align", "checkpoint", "epoch-00001")  # renamed into place when complete
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     process = subprocess.Popen([sys.executable, "-c", KILL_TARGET, out], cwd=root,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 400
     while time.time() < deadline and process.poll() is None:
-        if completed_epochs(metadata) >= 1:
+        if os.path.exists(first_checkpoint):
             process.send_signal(signal.SIGKILL)
             break
         time.sleep(0.05)
@@ -189,3 +184,42 @@ def test_sigkill_mid_phase_resumes_from_last_completed_epoch(tmp_path):
     assert resumed and resumed[0] >= 1 and resumed == list(range(resumed[0], 3))
     assert json.load(open(os.path.join(out, "align", "done.json")))["epochs"] == 3
     assert not os.path.exists(os.path.join(out, "align", "checkpoint"))
+
+    # The same weights as a run that was never killed: each epoch's data is fixed by (seed, epoch).
+    uninterrupted = str(tmp_path / "uninterrupted")
+    recipe.run(killable_config(), uninterrupted, phases=("align",), log=lambda *_: None)
+    resumed_model = keras.saving.load_model(os.path.join(out, "align", "aligner.keras"))
+    whole_model = keras.saving.load_model(os.path.join(uninterrupted, "align", "aligner.keras"))
+    for a, b in zip(tiny.weights_of(resumed_model), tiny.weights_of(whole_model), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+class StopAfterFirstEpoch(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        raise KeyboardInterrupt  # as Ctrl-C or a kill right after the first checkpoint
+
+
+def test_resumed_phase_trains_exactly_as_an_uninterrupted_one(tmp_path):
+    """Dropout, shuffling, crops and unlabeled mixing all continue where they were."""
+    world = data.synthetic.make_world(str(tmp_path / "world"), num_labeled=24, num_unlabeled=16, image_size=40)
+    records = data.read_ava(world.ava_root)
+
+    def train(folder, callbacks=()):
+        keras.utils.set_random_seed(0)  # as every phase does; a resumed process starts over from here
+        teacher = AestheticScorer(tiny.conv_backbone(), dropout=0.5)
+        distiller = SemiSupervisedDistiller(teacher, AestheticScorer(tiny.conv_backbone(), dropout=0.5))
+        distiller.compile(optimizer=keras.optimizers.Adam(1e-2))
+        dataset = data.semi_supervised_dataset(
+            records, [world.unlabeled_dir, world.unlabeled_dir], image_size=tiny.IMAGE_SIZE, batch_size=4, seed=3
+        )
+        phase = recipe.Phase(str(tmp_path / folder), "distill", "distiller.keras", log=lambda *_: None)
+        phase.train(distiller, dataset, epochs=3, callbacks=callbacks)
+        return tiny.weights_of(distiller)
+
+    whole = train("whole")
+    with pytest.raises(KeyboardInterrupt):
+        train("resumed", [StopAfterFirstEpoch()])
+    assert os.listdir(tmp_path / "resumed" / "distill" / "checkpoint") == ["epoch-00001"]
+    resumed = train("resumed")
+    for a, b in zip(resumed, whole, strict=True):
+        np.testing.assert_array_equal(a, b)

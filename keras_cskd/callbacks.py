@@ -1,0 +1,159 @@
+"""Callbacks that make a long `fit` resumable, exactly.
+
+- `CheckpointEachEpoch`: a `keras.callbacks.BackupAndRestore` whose
+  checkpoints are atomic folders holding the weights, the optimizer and the
+  layers' random seed states (Dropout's, which `save_weights` leaves out), so a
+  run killed at any moment resumes from its last completed epoch with the
+  state an uninterrupted run had there. It never saves a non-finite state and
+  stops training on one.
+- `PassesFollowEpochs`: pins the pass number of `keras_cskd.data` pipelines
+  to the epoch, so the resumed epochs read the same files, in the same order,
+  with the same crops, as an uninterrupted run.
+
+Together they make a resumed run end with the same weights as an
+uninterrupted one (tested bit for bit on the CPU on every backend).
+
+Example:
+
+>>> import keras, numpy as np
+>>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dropout(0.5), keras.layers.Dense(1)])
+>>> model.compile("sgd", "mse")
+>>> x, y = np.ones((8, 4)), np.ones((8, 1))
+>>> _ = model.fit(x, y, epochs=2, verbose=0, callbacks=[CheckpointEachEpoch("/tmp/cskd_doc_backup")])
+>>> sorted(os.listdir("/tmp/cskd_doc_backup"))
+['epoch-00001', 'epoch-00002']
+"""
+
+import json
+import math
+import os
+import re
+import shutil
+
+import keras
+import numpy as np
+
+_CHECKPOINT = re.compile(r"^epoch-(\d+)$")
+SEED_STATE = "seed_generator_state"
+
+
+def seed_states(model):
+    """The state variables of the model's random seed generators (e.g. Dropout's)."""
+    return [v for v in model.variables if v.path.endswith(SEED_STATE)]
+
+
+class CheckpointEachEpoch(keras.callbacks.BackupAndRestore):
+    """Atomic per-epoch checkpoints with seed states; stops on a non-finite loss.
+
+    Each checkpoint is a folder `epoch-NNNNN` (weights and optimizer state,
+    seed states, on torch the global generator's state that unseeded Dropout
+    draws from, and `state.json`) written under a temporary name and renamed
+    into place, so a kill at any moment leaves only complete checkpoints. The
+    newest two are kept, also after training, so a stopped phase can resume;
+    if the newest does not load, the one before it is used.
+
+    Args:
+        backup_dir: folder of the checkpoints.
+    """
+
+    def __init__(self, backup_dir):
+        super().__init__(backup_dir, delete_checkpoint=False)
+        self.non_finite = None
+
+    # === Checkpoint folders ===
+
+    def checkpoints(self):
+        """Complete checkpoint folders, oldest first."""
+        if not os.path.isdir(self.backup_dir):
+            return []
+        names = sorted(n for n in os.listdir(self.backup_dir) if _CHECKPOINT.match(n))
+        return [os.path.join(self.backup_dir, n) for n in names]
+
+    def _save_model(self):
+        final = os.path.join(self.backup_dir, f"epoch-{self._current_epoch:05d}")
+        partial = final + ".partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        os.makedirs(partial)
+        self.model.save_weights(os.path.join(partial, "model.weights.h5"))
+        states = [keras.ops.convert_to_numpy(v) for v in seed_states(self.model)]  # each (2,)
+        np.save(os.path.join(partial, "seed_states.npy"), np.array(states, "int64"))
+        if keras.backend.backend() == "torch":  # unseeded torch Dropout draws from torch's global generator
+            import torch
+
+            np.save(os.path.join(partial, "torch_rng_state.npy"), torch.get_rng_state().numpy())
+        with open(os.path.join(partial, "state.json"), "w") as file:
+            json.dump({"epoch": self._current_epoch}, file)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        for old in self.checkpoints()[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _restore(self, path):
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(os.path.join(path, "model.weights.h5"))
+        saved = np.load(os.path.join(path, "seed_states.npy"))
+        variables = seed_states(self.model)  # in model order; names differ from process to process
+        if len(saved) != len(variables):
+            raise ValueError(f"{len(saved)} seed states saved, the model has {len(variables)}")
+        for variable, state in zip(variables, saved):
+            variable.assign(state.reshape(variable.shape).astype(variable.dtype))
+        torch_state = os.path.join(path, "torch_rng_state.npy")
+        if keras.backend.backend() == "torch" and os.path.exists(torch_state):
+            import torch
+
+            torch.set_rng_state(torch.from_numpy(np.load(torch_state)))
+        with open(os.path.join(path, "state.json")) as file:
+            epoch = json.load(file)["epoch"]
+        self.model._initial_epoch = self._current_epoch = epoch
+
+    def on_train_begin(self, logs=None):
+        if not self.model.built:
+            raise ValueError("CheckpointEachEpoch needs a built model: call it on a batch before fit().")
+        errors = []
+        for path in reversed(self.checkpoints()):
+            try:
+                return self._restore(path)
+            except (OSError, ValueError, KeyError) as error:  # cut short by a kill or a full disk
+                errors.append(f"{path}: {error}")
+        if errors:
+            raise RuntimeError("No checkpoint could be restored:\n" + "\n".join(errors))
+
+    # === Non-finite losses ===
+
+    def _check(self, logs, where):
+        bad = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float)) and not math.isfinite(v)}
+        if bad and self.non_finite is None:
+            self.non_finite = f"{where}: {', '.join(f'{k}={v}' for k, v in bad.items())}"
+            self.model.stop_training = True
+        return bool(bad)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check(logs, f"batch {batch + 1} of epoch {self._current_epoch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.non_finite is None and not self._check(logs, f"end of epoch {epoch + 1}"):
+            super().on_epoch_end(epoch, logs)
+
+    @property
+    def completed_epochs(self):
+        return self._current_epoch
+
+
+class PassesFollowEpochs(keras.callbacks.Callback):
+    """Numbers the passes of `keras_cskd.data` datasets by the epoch (see `keras_cskd.data.passes`).
+
+    Args:
+        *datasets: `keras_cskd.data` datasets (or their `PassClock`s,
+            `dataset.passes`); other datasets have no passes to pin and are
+            left alone.
+    """
+
+    def __init__(self, *datasets):
+        super().__init__()
+        self.clocks = [getattr(d, "passes", d) for d in datasets]
+        self.clocks = [c for c in self.clocks if hasattr(c, "pin")]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for clock in self.clocks:
+            clock.pin(epoch)
