@@ -243,7 +243,8 @@ def _augment(ds, look, *, training, clock, salt, deterministic):
 
     if not training:
         return ds.map(lambda e: fn(e, None), num_parallel_calls=AUTOTUNE, deterministic=True)
-    return tf.data.Dataset.zip(ds, clock.element_seeds(salt)).map(fn, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    ds = tf.data.Dataset.zip(ds, clock.element_seeds(salt))
+    return ds.map(fn, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
 
 
 def _labeled(records, split, look, *, batch_size, training, clock, deterministic, counter):
