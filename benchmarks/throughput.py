@@ -31,8 +31,7 @@ rate (decoded images/s, `unlabeled_dataset(training=True)`) is reported beside.
     python benchmarks/throughput.py                         # CPU sizes, about 10 minutes on 2 busy cores
     python benchmarks/throughput.py --runners jax,peer --repeats 3
     python benchmarks/throughput.py --runners peer,tensorflow,tensorflow-xla,peer --threads 1   # fair on a shared CPU
-    python benchmarks/throughput.py --sizes ratio --runners tensorflow --cache-backend tensorflow \
-        --phases align_student,align_student_cached,clip_forward   # caching at the paper's FLOP ratio
+    python benchmarks/throughput.py --sizes ratio --runners tensorflow --cache-backend tensorflow --phases align_student,align_student_cached,clip_forward   # caching at the paper's FLOP ratio
     python benchmarks/throughput.py --sizes paper           # CLIP ViT-B/16, Swin-B, MobileNetV2 @224 (GPU)
 
 `--threads N` gives every runner N compute threads (default: each library's
