@@ -75,9 +75,6 @@ class CLIPImageTeacher(FunctionalModel):
         self.vision_encoder = vision_encoder
         self.normalization = PixelNormalization(scale=scale, offset=offset, name="normalization")
         encoder_size = tuple(vision_encoder.image_shape[:2])
-        self.resize = layers.Resizing(
-            *encoder_size, interpolation="bicubic", crop_to_aspect_ratio=True, name="resize"
-        )
         self.pooler = TokenPooler(0, name="pooler")
         self.projection = layers.Dense(projection_dim, use_bias=False, name="vision_projection")
         self.unit_norm = layers.UnitNormalization(axis=-1, name="l2_normalize") if normalize else None
@@ -86,7 +83,12 @@ class CLIPImageTeacher(FunctionalModel):
         size = (image_size, image_size) if image_size else (None, None)
         images = keras.Input(shape=(*size, 3), name="images")
         x = images
+        # Only where used: an unbuilt layer makes Keras's jax trainer rebuild eagerly on every call.
+        self.resize = None
         if size != encoder_size:
+            self.resize = layers.Resizing(
+                *encoder_size, interpolation="bicubic", crop_to_aspect_ratio=True, name="resize"
+            )
             x = self.resize(x)
         x = self.normalization(x)
         x = self.vision_encoder({"images": x}, training=False)
