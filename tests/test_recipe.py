@@ -153,10 +153,15 @@ recipe.run(killable_config(), sys.argv[1], phases=("align",))
 
 
 def killable_config():
-    """The align phase alone, 3 epochs, two small CNN learners (cheap to compile)."""
-    config = tiny_config(align_epochs=3)
+    """The align phase alone, 2 epochs, two small CNN learners (cheap to compile)."""
+    config = tiny_config(align_epochs=2)
     config.model.teacher_backbone = "small_cnn"
     return config
+
+
+# The stated resume tolerance: last-bit float differences only (a resume that reads other
+# data or loses a seed state differs by 1e-3..1e-2 after one epoch).
+RESUME_RTOL, RESUME_ATOL = 1e-5, 1e-7
 
 
 def test_sigkill_mid_phase_resumes_from_last_completed_epoch(tmp_path):
@@ -180,18 +185,19 @@ def test_sigkill_mid_phase_resumes_from_last_completed_epoch(tmp_path):
     recipe.run(killable_config(), out, phases=("align",), log=lambda *_: None)
     epochs = [int(row.split(",")[0]) for row in open(history).read().split()[1:]]
     resumed = epochs[rows_before:]
-    # The resumed run starts after the last checkpointed epoch (never at 0) and ends at 3.
-    assert resumed and resumed[0] >= 1 and resumed == list(range(resumed[0], 3))
-    assert json.load(open(os.path.join(out, "align", "done.json")))["epochs"] == 3
+    # The resumed run starts after the last checkpointed epoch (never at 0) and ends at 2.
+    assert resumed == [1]
+    assert json.load(open(os.path.join(out, "align", "done.json")))["epochs"] == 2
     assert not os.path.exists(os.path.join(out, "align", "checkpoint"))
 
     # The same weights as a run that was never killed: each epoch's data is fixed by (seed, epoch).
+    # (Bit-identical in most runs; XLA on the CPU once differed in the last bit between processes.)
     uninterrupted = str(tmp_path / "uninterrupted")
     recipe.run(killable_config(), uninterrupted, phases=("align",), log=lambda *_: None)
     resumed_model = keras.saving.load_model(os.path.join(out, "align", "aligner.keras"))
     whole_model = keras.saving.load_model(os.path.join(uninterrupted, "align", "aligner.keras"))
     for a, b in zip(tiny.weights_of(resumed_model), tiny.weights_of(whole_model), strict=True):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, b, rtol=RESUME_RTOL, atol=RESUME_ATOL)
 
 
 class StopAfterFirstEpoch(keras.callbacks.Callback):
@@ -213,7 +219,7 @@ def test_resumed_phase_trains_exactly_as_an_uninterrupted_one(tmp_path):
             records, [world.unlabeled_dir, world.unlabeled_dir], image_size=tiny.IMAGE_SIZE, batch_size=4, seed=3
         )
         phase = recipe.Phase(str(tmp_path / folder), "distill", "distiller.keras", log=lambda *_: None)
-        phase.train(distiller, dataset, epochs=3, callbacks=callbacks)
+        phase.train(distiller, dataset, epochs=2, callbacks=callbacks)
         return tiny.weights_of(distiller)
 
     whole = train("whole")
@@ -222,4 +228,4 @@ def test_resumed_phase_trains_exactly_as_an_uninterrupted_one(tmp_path):
     assert os.listdir(tmp_path / "resumed" / "distill" / "checkpoint") == ["epoch-00001"]
     resumed = train("resumed")
     for a, b in zip(resumed, whole, strict=True):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, b, rtol=RESUME_RTOL, atol=RESUME_ATOL)
