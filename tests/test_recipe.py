@@ -159,9 +159,10 @@ def killable_config():
     return config
 
 
-# The stated resume tolerance: last-bit float differences only (a resume that reads other
-# data or loses a seed state differs by 1e-3..1e-2 after one epoch).
-RESUME_RTOL, RESUME_ATOL = 1e-5, 1e-7
+# The stated resume tolerance: float rounding only (a resume that reads other data or loses a
+# seed state differs by 1e-3..1e-2 after one epoch). tensorflow and torch came out bit-identical;
+# jax (XLA on the CPU) differed between processes by up to 6e-7 in single elements.
+RESUME_RTOL, RESUME_ATOL = 1e-4, 1e-5
 
 
 def test_sigkill_mid_phase_resumes_from_last_completed_epoch(tmp_path):
@@ -191,7 +192,6 @@ def test_sigkill_mid_phase_resumes_from_last_completed_epoch(tmp_path):
     assert not os.path.exists(os.path.join(out, "align", "checkpoint"))
 
     # The same weights as a run that was never killed: each epoch's data is fixed by (seed, epoch).
-    # (Bit-identical in most runs; XLA on the CPU once differed in the last bit between processes.)
     uninterrupted = str(tmp_path / "uninterrupted")
     recipe.run(killable_config(), uninterrupted, phases=("align",), log=lambda *_: None)
     resumed_model = keras.saving.load_model(os.path.join(out, "align", "aligner.keras"))
