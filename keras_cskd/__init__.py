@@ -6,6 +6,30 @@ Example:
     >>> aligner = keras_cskd.models.CLIPFeatureAligner(teacher, {"student": "MobileNetV2"})  # doctest: +SKIP
 """
 
+
+def _check_backend_installed():
+    """Name the extra to install when the chosen Keras backend's package is missing."""
+    import importlib.util
+    import json
+    import os
+
+    backend = os.environ.get("KERAS_BACKEND")
+    if backend is None:
+        config = os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")), "keras.json")
+        try:
+            with open(config) as file:
+                backend = json.load(file).get("backend")
+        except (OSError, ValueError):
+            backend = None
+    package = {"jax": "jax", "torch": "torch"}.get(backend)
+    if package and importlib.util.find_spec(package) is None:
+        raise ImportError(
+            f"KERAS_BACKEND={backend} needs {package}, which is not installed: pip install \"keras-cskd[{backend}]\""
+        )
+
+
+_check_backend_installed()
+
 from keras_cskd import backbones
 from keras_cskd import layers
 from keras_cskd import losses
