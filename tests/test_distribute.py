@@ -6,6 +6,9 @@ and writes the initial and final weights; the distributed runs start from the
 same initial weights, train on the same global batches and must give the same
 loss trajectory, final weights, SRCC/PLCC and frozen teachers
 (ATOL below). Only the current `KERAS_BACKEND`'s tests run; the others skip.
+Each distributed run compiles its models in `strategy.scope()` and then calls
+`strategy.prepare(model)`; without the SRCC/PLCC gather (TF, torch) or the
+gradient all-reduce (torch) that `prepare` installs, these comparisons fail.
 
 This file is also the worker script: `python tests/test_distribute.py MODE OUT`.
 """
