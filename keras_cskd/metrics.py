@@ -12,30 +12,6 @@ from keras import ops
 from keras_cskd.layers import mean_score
 from keras_cskd.losses import emd
 
-# Set by `keras_cskd.distribute` on torch while a data-parallel model runs a
-# train/test step: a function that concatenates a 1-D tensor from every rank.
-_cross_process_gather = None
-
-
-def _gather_replicas(*tensors):
-    """Concatenate per-replica tensors over all replicas / processes.
-
-    Under `tf.distribute` (replica context, N > 1) through the strategy's
-    all-gather; on torch through `_cross_process_gather` when set. JAX needs
-    nothing: its batches are global arrays. Every replica then holds the same
-    samples, so the buffers stay equal across replicas.
-    """
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
-            context = tf.distribute.get_replica_context()
-            if context is not None and context.num_replicas_in_sync > 1:
-                return tuple(context.all_gather(t, axis=0) for t in tensors)
-    elif _cross_process_gather is not None:
-        return tuple(_cross_process_gather(t) for t in tensors)
-    return tensors
-
 
 def _pearson(x, y, weights):
     """Weighted Pearson correlation of 1-D x and y (weights are 0/1 masks)."""
@@ -67,9 +43,10 @@ class SampleBufferMetric(keras.metrics.Metric):
     with XLA on every backend). Samples past `max_samples` since the last reset
     are not counted; `dropped` tells how many were left out.
 
-    Under data parallelism every replica's scores are gathered into every
-    replica's buffers (see `_gather_replicas`); the buffer variables read the
-    first replica's copy, so SRCC/PLCC equal the single-device values.
+    Under data parallelism the strategy gives the metric a replica gather
+    (`strategy.prepare(model)` calls `set_replica_gather`): every replica's
+    scores then go into every replica's buffers, the buffer variables read the
+    first replica's copy, and SRCC/PLCC equal the single-device values.
 
     Args:
         max_samples: int. Buffer capacity (AVA's test set has ~20k images).
@@ -90,6 +67,31 @@ class SampleBufferMetric(keras.metrics.Metric):
         )
         self.count = self.add_variable(shape=(), initializer="zeros", dtype="int32", name="count", aggregation=first)
         self.dropped = self.add_variable(shape=(), initializer="zeros", dtype="int32", name="dropped", aggregation=first)
+        self._replica_gather = None
+
+    @property
+    def replica_gather(self):
+        """The function that concatenates a batch over the replicas, or None."""
+        return self._replica_gather
+
+    def set_replica_gather(self, gather):
+        """Gather each update's samples from every replica with `gather`.
+
+        Args:
+            gather: a function from a tensor of shape (batch, ...) on this
+                replica to the concatenation over all replicas (every replica
+                gets the same result), or None for this replica's samples only.
+                It runs in `update_state`, so inside each train / test step.
+
+        Example:
+        >>> from keras import ops
+        >>> metric = PLCC()
+        >>> metric.set_replica_gather(lambda rows: ops.concatenate([rows, rows + 1.0]))
+        >>> metric.update_state([1.0, 2.0], [1.0, 3.0])
+        >>> int(metric.count)
+        4
+        """
+        self._replica_gather = gather
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         true = ops.cast(mean_score(y_true, self.bin_values), "float32")
@@ -98,7 +100,9 @@ class SampleBufferMetric(keras.metrics.Metric):
             keep = ops.cast(ops.reshape(ops.cast(sample_weight, "float32"), (-1,)) > 0, "float32")
         else:
             keep = ops.ones_like(pred)
-        true, pred, keep = _gather_replicas(true, pred, keep)
+        if self._replica_gather is not None:  # One gather of (true, pred, keep) rows.
+            rows = self._replica_gather(ops.stack([true, pred, keep], axis=1))
+            true, pred, keep = rows[:, 0], rows[:, 1], rows[:, 2]
         keep = keep > 0
         # Each kept sample goes to the next free slot; the rest (and any
         # overflow) to the spare slot at index max_samples, never read.
@@ -133,7 +137,7 @@ class PLCC(SampleBufferMetric):
     >>> metric = PLCC()
     >>> metric.update_state([1.0, 2.0, 3.0], [2.0, 4.0, 6.5])
     >>> round(float(metric.result()), 3)
-    0.999
+    0.998
     """
 
     def __init__(self, max_samples=100_000, bin_values=None, name="plcc", dtype=None, **kwargs):

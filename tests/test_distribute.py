@@ -6,6 +6,9 @@ and writes the initial and final weights; the distributed runs start from the
 same initial weights, train on the same global batches and must give the same
 loss trajectory, final weights, SRCC/PLCC and frozen teachers
 (ATOL below). Only the current `KERAS_BACKEND`'s tests run; the others skip.
+Each distributed run compiles its models in `strategy.scope()` and then calls
+`strategy.prepare(model)`; without the SRCC/PLCC gather (TF, torch) or the
+gradient all-reduce (torch) that `prepare` installs, these comparisons fail.
 
 This file is also the worker script: `python tests/test_distribute.py MODE OUT`.
 """
@@ -84,7 +87,7 @@ PROCESS_PARTS = ("scorer", "distiller")
 
 
 def _train(strategy, init_path, out_path, parts=ALL_PARTS):
-    """Build (in scope), train and evaluate; save everything to `out_path`."""
+    """Build and compile (in scope), prepare, train and evaluate; save everything to `out_path`."""
     import keras
 
     labeled, images, semi, evaluation = _datasets()
@@ -94,6 +97,8 @@ def _train(strategy, init_path, out_path, parts=ALL_PARTS):
     else:
         with strategy.scope():
             models = _models()
+        for model in models.values():
+            assert strategy.prepare(model) is model
         shard = strategy.distribute_dataset
     out = {}
     if init_path is None:
@@ -376,20 +381,78 @@ def test_shard_batches_splits_every_tensor_of_each_batch():
     assert [x["b"].tolist() for x, _ in parts[1]] == [[20, 30, 40], [70, 80, 90]]
 
 
-def test_scope_passes_jit_compile_and_restores_compile():
+def test_scope_patches_nothing_and_compile_takes_jit_compile():
     import keras
 
     from keras_cskd import distribute
 
     original = keras.Model.compile
-    strategy = distribute.DataParallel(BACKEND, "single device", 1, jit_compile=False)
+    strategy = distribute.data_parallel(enabled=False)
     with strategy.scope():
+        assert keras.Model.compile is original
         model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
-        model.compile(optimizer="sgd", loss="mse")
+        model.compile(optimizer="sgd", loss="mse", jit_compile=False)
     assert model.jit_compile is False
-    assert keras.Model.compile is original
+    assert "train_step" not in vars(model) and "test_step" not in vars(model)
+    # One device: prepare changes nothing, and again nothing.
+    apply = model.optimizer.apply
+    assert strategy.prepare(model) is model and strategy.prepare(model) is model
+    assert model.optimizer.apply == apply and "get_metrics_result" not in vars(model)
+    with pytest.raises(TypeError):
+        distribute.data_parallel(enabled=False, jit_compile=True)
     with pytest.raises(ValueError, match="mixed_precision"):
         distribute.data_parallel(enabled=False, mixed_precision="float8")
+
+
+def test_replica_metrics_finds_every_srcc_plcc_of_compiled_models():
+    import keras
+
+    from keras_cskd import distribute
+    from keras_cskd import metrics
+    from keras_cskd.models import AestheticScorer
+    from keras_cskd.models import SemiSupervisedDistiller
+    from tests import tiny
+
+    scorer = AestheticScorer(tiny.conv_backbone())
+    scorer.compile()  # default metrics, not built yet
+    found = distribute.replica_metrics(scorer)
+    assert sorted(type(m).__name__ for m in found) == ["PLCC", "SRCC"]
+    x = tiny.images(4)
+    scorer.evaluate(x, tiny.learnable_scores(x), verbose=0)  # builds the compiled metrics
+    assert [id(m) for m in distribute.replica_metrics(scorer)] == [id(m) for m in found]
+
+    distiller = SemiSupervisedDistiller(AestheticScorer(tiny.conv_backbone()), AestheticScorer(tiny.conv_backbone()))
+    distiller.compile(metrics=[metrics.SRCC, metrics.PLCC, "mae"])
+    found = distribute.replica_metrics(distiller)  # identifiers become the objects that will run
+    assert sorted(type(m).__name__ for m in found) == ["PLCC", "SRCC"]
+    assert all(any(m is u for u in distiller._compile_metrics._user_metrics) for m in found)
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse", metrics=["mae"])
+    assert distribute.replica_metrics(model) == []
+
+
+def test_prepare_hands_the_tensorflow_gather_to_srcc_plcc():
+    # A two-replica strategy object (no devices needed): prepare() is what
+    # gives the metrics the gather, idempotently; without it they keep none.
+    from keras_cskd import distribute
+    from keras_cskd.models import AestheticScorer
+    from tests import tiny
+
+    scorer = AestheticScorer(tiny.conv_backbone())
+    scorer.compile()
+    assert all(m.replica_gather is None for m in distribute.replica_metrics(scorer))
+    if BACKEND != "tensorflow":
+        distribute.DataParallel(BACKEND, "single device", 1).prepare(scorer)
+        assert all(m.replica_gather is None for m in distribute.replica_metrics(scorer))
+        return
+    from keras_cskd.distribute import tensorflow as engine
+
+    strategy = distribute.DataParallel("tensorflow", "tf.distribute.MirroredStrategy", 2)
+    strategy.prepare(scorer)
+    strategy.prepare(scorer)
+    metrics = distribute.replica_metrics(scorer)
+    assert len(metrics) == 2 and all(m.replica_gather is engine.gather_replicas for m in metrics)
 
 
 def test_mixed_bfloat16_option_trains_a_scorer():
@@ -404,6 +467,7 @@ def test_mixed_bfloat16_option_trains_a_scorer():
         with strategy.scope():
             scorer = AestheticScorer(tiny.conv_backbone())
             scorer.compile(optimizer="sgd", metrics=[])
+        strategy.prepare(scorer)
         assert keras.config.dtype_policy().name == "mixed_bfloat16"
         assert scorer.backbone.layers[1].compute_dtype == "bfloat16"
         assert scorer.backbone.layers[1].kernel.dtype == "float32"

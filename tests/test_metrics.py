@@ -80,3 +80,49 @@ def test_metrics_round_trip_config(metric):
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(metric))
     assert type(restored) is type(metric)
     assert restored.get_config() == metric.get_config()
+
+
+def _mirror_gather(rows):
+    """A stand-in for a two-replica gather: the batch, then the batch with predictions + 1."""
+    return keras.ops.concatenate([rows, rows + keras.ops.convert_to_tensor([[0.0, 1.0, 0.0]])], axis=0)
+
+
+def test_replica_gather_feeds_the_buffers():
+    true = RNG.normal(size=20).astype("float32")
+    pred = (true + RNG.normal(size=20)).astype("float32")
+    weight = (np.arange(20) % 4 != 0).astype("float32")
+    srcc = metrics.SRCC(max_samples=64)
+    assert srcc.replica_gather is None
+    srcc.set_replica_gather(_mirror_gather)
+    assert srcc.replica_gather is _mirror_gather
+    srcc.update_state(true, pred, sample_weight=weight)
+    kept = weight > 0
+    all_true = np.concatenate([true[kept], true[kept]])
+    all_pred = np.concatenate([pred[kept], pred[kept] + 1.0])
+    assert int(srcc.count) == 2 * kept.sum()
+    np.testing.assert_allclose(float(srcc.result()), stats.spearmanr(all_true, all_pred)[0], rtol=1e-4)
+    srcc.set_replica_gather(None)
+    srcc.reset_state()
+    srcc.update_state(true, pred)
+    assert int(srcc.count) == 20
+
+
+def test_replica_gather_runs_inside_the_test_step():
+    x = tiny.images(12)
+    y = tiny.learnable_scores(x)
+    srcc, plcc = metrics.SRCC(max_samples=64), metrics.PLCC(max_samples=64)
+    scorer = AestheticScorer(tiny.conv_backbone())
+    scorer.compile(metrics=[srcc, plcc])
+    for metric in (srcc, plcc):
+        metric.set_replica_gather(_mirror_gather)
+    results = scorer.evaluate(x, y, batch_size=4, return_dict=True, verbose=0)
+    pred = scorer.predict(x, verbose=0) @ np.arange(1, 11)
+    true = y @ np.arange(1, 11)
+    all_true, all_pred = [], []
+    for start in range(0, 12, 4):  # each step gathers its own batch
+        all_true += [true[start:start + 4]] * 2
+        all_pred += [pred[start:start + 4], pred[start:start + 4] + 1.0]
+    all_true, all_pred = np.concatenate(all_true), np.concatenate(all_pred)
+    assert int(srcc.count) == 24
+    np.testing.assert_allclose(results["srcc"], stats.spearmanr(all_true, all_pred)[0], rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(results["plcc"], stats.pearsonr(all_true, all_pred)[0], rtol=1e-3, atol=1e-5)
