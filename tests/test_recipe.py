@@ -85,8 +85,8 @@ def test_phase_commands_need_the_phase_before(tmp_path):
     assert cli.main(["train-teacher", "--out", str(tmp_path / "empty")]) == 1
 
 
-def test_distribute_flag_goes_through_the_distribution_door(tmp_path):
-    # In a subprocess: the door sets process-wide state (JAX's distribution, TF's strategy).
+def test_distribute_flag_goes_through_the_distribution_strategy(tmp_path):
+    # In a subprocess: the strategy sets process-wide state (JAX's distribution, TF's strategy).
     config = tmp_path / "tiny.toml"
     config.write_text(tiny_config().to_toml())
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,7 +129,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     import tensorflow as tf
 
     dataset = tf.data.Dataset.from_tensor_slices(dataset).batch(4)
-    phase = recipe.Phase(str(tmp_path), "teacher", "teacher.keras", log=lambda *_: None)
+    phase = recipe.Phase(str(tmp_path), "teacher", log=lambda *_: None)
     with pytest.raises(recipe.PhaseError, match=r"non-finite loss at batch 1 of epoch 2.*\(epoch 1\)"):
         phase.train(model, dataset, epochs=3, callbacks=[PoisonAfterFirstEpoch(poison)])
     checkpoints = sorted(os.listdir(tmp_path / "teacher" / "checkpoint"))
@@ -218,7 +218,7 @@ def test_resumed_phase_trains_exactly_as_an_uninterrupted_one(tmp_path):
         dataset = data.semi_supervised_dataset(
             records, [world.unlabeled_dir, world.unlabeled_dir], image_size=tiny.IMAGE_SIZE, batch_size=4, seed=3
         )
-        phase = recipe.Phase(str(tmp_path / folder), "distill", "distiller.keras", log=lambda *_: None)
+        phase = recipe.Phase(str(tmp_path / folder), "distill", log=lambda *_: None)
         phase.train(distiller, dataset, epochs=2, callbacks=callbacks)
         return tiny.weights_of(distiller)
 
