@@ -8,10 +8,14 @@
     cskd export MODEL --out DIR|FILE.onnx [--format tf_saved_model|onnx]
     cskd analyze MODEL... --images PATH... --out DIR
 
-Subcommands that live beside the code they drive add themselves with a
-`register_command(subparsers)` function that sets `func` (args -> exit code).
-User errors print one line and exit 1 (2 for usage errors); Ctrl-C exits 130
-after the running phase has saved its weights.
+Every subcommand is added by one registration function of `COMMANDS`,
+`register(subparsers)`, that sets `func` (args -> exit code); those that live
+beside the code they drive (`keras_cskd.analysis.register_command`) are called
+from there. The phase subcommands come from the recipe's phase table
+(`keras_cskd.recipe.PHASE_TABLE`). A `func` raises its errors and `main`
+prints them: user errors (`OSError`, `ValueError`, `RuntimeError`) as one line
+with exit 1, usage errors (`argparse.ArgumentError`) with exit 2; Ctrl-C exits
+130 after the running phase has saved its weights.
 """
 
 import argparse
@@ -22,12 +26,8 @@ import sys
 # Quiet TensorFlow's C++ start-up logs unless the user asked for them.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-PHASE_COMMANDS = {
-    "align": (("align",), "phase 1: align teacher and student learners to CLIP"),
-    "train-teacher": (("teacher",), "phase 2a: fine-tune the aligned teacher on labels"),
-    "distill": (("baseline", "distill"), "phase 2b: labels-only student, then the distilled student"),
-    "evaluate": (("evaluate",), "test metrics, report.md and plots of the trained scorers"),
-}
+
+# === Handlers: args -> exit code ===
 
 
 def _recipe_config(args):
@@ -110,39 +110,45 @@ def _export(args):
     return 0
 
 
-def build_parser():
-    from keras_cskd import analysis
+# === Subcommands: one registration function each, in `cskd --help` order ===
 
-    parser = argparse.ArgumentParser(
-        prog="cskd",
-        description="Train image-aesthetics models the CSKD way (arXiv 2307.15640).",
-    )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+def _register_demo(subparsers):
     demo = subparsers.add_parser("demo", help="the whole recipe on a synthetic world with small models (CPU, minutes)")
     demo.add_argument("--out", default="cskd_demo", help="output folder (default: cskd_demo)")
     demo.add_argument("--clip-preset", help="a KerasHub CLIP preset (hub name or local dir) instead of a small random CLIP")
     demo.add_argument("--distribute", action="store_true", help="data-parallel over all devices (see README)")
     demo.set_defaults(func=_run_recipe)
 
+
+def _register_run(subparsers):
     run = subparsers.add_parser("run", help="the whole recipe from a TOML config (see 'cskd config --example')")
     run.add_argument("config", help="TOML config file")
     run.add_argument("--out", default="cskd_run", help="output folder (default: cskd_run)")
     run.add_argument("--distribute", action="store_true", help="data-parallel over all devices (overrides the config)")
     run.set_defaults(func=_run_recipe)
 
+
+def _register_config(subparsers):
     config = subparsers.add_parser("config", help="print a config with every field and its description")
     config.add_argument("--example", action="store_true", help="print the built-in defaults (the demo's config)")
     config.add_argument("--config", help="print this config file with all defaults filled in")
     config.set_defaults(func=_config)
 
-    for name, (phases, help_text) in PHASE_COMMANDS.items():
+
+def _register_phases(subparsers):
+    """One subcommand per `cskd` command of the recipe's phase table."""
+    from keras_cskd import recipe
+
+    for name, (phases, help_text) in recipe.phase_commands().items():
         phase = subparsers.add_parser(name, help=help_text)
         phase.add_argument("--config", help="TOML config file (default: the demo's config)")
         phase.add_argument("--out", default="cskd_run", help="the run's output folder (default: cskd_run)")
         phase.add_argument("--distribute", action="store_true", help="data-parallel over all devices")
         phase.set_defaults(func=lambda args, phases=phases: _run_recipe(args, phases))
 
+
+def _register_predict(subparsers):
     predict = subparsers.add_parser("predict", help="score images and folders into a CSV")
     predict.add_argument("model", metavar="MODEL", help="a .keras AestheticScorer")
     predict.add_argument("paths", metavar="PATH", nargs="+", help="image files, folders or list files")
@@ -151,6 +157,8 @@ def build_parser():
     predict.add_argument("--image-size", type=int, help="default: the model's input size")
     predict.set_defaults(func=_predict)
 
+
+def _register_export(subparsers):
     export = subparsers.add_parser(
         "export", help="write a SavedModel for TF Serving (image bytes in) or an ONNX file (0..255 images in)",
         description="tf_saved_model: a folder whose serving_default takes encoded image bytes (TensorFlow engine). "
@@ -168,13 +176,44 @@ def build_parser():
     export.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="default: the model's input size")
     export.set_defaults(func=_export)
 
+
+def _register_analyze(subparsers):
+    from keras_cskd import analysis
+
     analysis.register_command(subparsers)
+
+
+COMMANDS = (
+    _register_demo,
+    _register_run,
+    _register_config,
+    _register_phases,
+    _register_predict,
+    _register_export,
+    _register_analyze,
+)
+
+
+def build_parser():
+    """The `cskd` parser: every function of `COMMANDS` adds its subcommand(s)."""
+    parser = argparse.ArgumentParser(
+        prog="cskd",
+        description="Train image-aesthetics models the CSKD way (arXiv 2307.15640).",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for register in COMMANDS:
+        register(subparsers)
     return parser
 
 
 def main(argv=None):
-    from keras_cskd.recipe import ConfigError, PhaseError
+    """Run one `cskd` subcommand; returns its exit code.
 
+    The one place that reports errors: a subcommand's `argparse.ArgumentError`
+    is a usage error (exit 2), its `OSError`, `ValueError` (`ConfigError`
+    included) or `RuntimeError` (`PhaseError` included) a user error (exit 1),
+    each printed as one line; Ctrl-C exits 130.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -182,7 +221,10 @@ def main(argv=None):
         return 0
     try:
         return args.func(args)
-    except (ConfigError, PhaseError, FileNotFoundError, FileExistsError, ValueError, RuntimeError) as error:
+    except argparse.ArgumentError as error:
+        print(f"cskd {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, RuntimeError) as error:
         print(f"cskd {args.command}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -81,12 +81,74 @@ def test_whole_recipe_writes_every_artifact_and_skips_finished_phases(tmp_path):
         recipe.run(tiny_config(learning_rate=0.5), out)
 
 
-def test_phase_commands_need_the_phase_before(tmp_path):
+def test_phase_commands_need_the_phase_before(tmp_path, capsys):
     assert cli.main(["train-teacher", "--out", str(tmp_path / "empty")]) == 1
+    error = capsys.readouterr().err
+    assert "phase 'align' has not run" in error
+    assert "run 'cskd align' first" in error
 
 
-def test_distribute_flag_goes_through_the_distribution_door(tmp_path):
-    # In a subprocess: the door sets process-wide state (JAX's distribution, TF's strategy).
+def test_phase_table_drives_cli_and_evaluation():
+    commands = recipe.phase_commands()
+    assert commands == {
+        "align": (("align",), "phase 1: align teacher and student learners to CLIP"),
+        "train-teacher": (("teacher",), "phase 2a: fine-tune the aligned teacher on labels"),
+        "distill": (("baseline", "distill"), "phase 2b: labels-only student, then the distilled student"),
+        "evaluate": (("evaluate",), "test metrics, report.md and plots of the trained scorers"),
+    }
+    choices = cli.build_parser()._subparsers._group_actions[0].choices
+    assert set(commands) <= set(choices)
+    assert recipe.PHASES == tuple(spec.name for spec in recipe.PHASE_TABLE)
+    scorers = {spec.report_name: spec.scorer_file for spec in recipe.PHASE_TABLE if spec.scorer_file}
+    assert scorers == {"teacher": "teacher.keras", "student (labels only)": "student_labels_only.keras",
+                       "student (CSKD)": "student.keras"}
+
+
+@pytest.mark.parametrize("xla", ["auto", "on", "off"])
+def test_compile_takes_jit_from_config_and_prepares_for_the_strategy(xla):
+    from keras_cskd import distribute
+    from keras_cskd.recipe import steps
+
+    prepared = []
+
+    class Strategy:
+        def prepare(self, model):
+            prepared.append(model)
+            return model
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    steps._compile(model, tiny_config(xla=xla), Strategy())
+    assert prepared == [model]
+    assert isinstance(model.optimizer, keras.optimizers.Adam)
+    assert float(model.optimizer.learning_rate) == pytest.approx(tiny_config().train.learning_rate)
+    default = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    default.compile(optimizer="adam")
+    assert model.jit_compile == {"auto": default.jit_compile, "on": True, "off": False}[xla]
+    steps._compile(model, tiny_config(xla=xla), distribute.data_parallel(enabled=False))  # the real one
+
+
+def test_cli_main_prints_one_line_for_any_subcommand_error(monkeypatch, capsys):
+    import argparse
+
+    def register_failing(subparsers):
+        def fail(args):
+            if args.usage:
+                raise argparse.ArgumentError(None, "give a thing")
+            raise FileNotFoundError("no such thing: x")
+
+        parser = subparsers.add_parser("fail")
+        parser.add_argument("--usage", action="store_true")
+        parser.set_defaults(func=fail)
+
+    monkeypatch.setattr(cli, "COMMANDS", cli.COMMANDS + (register_failing,))
+    assert cli.main(["fail"]) == 1
+    assert capsys.readouterr().err == "cskd fail: error: no such thing: x\n"
+    assert cli.main(["fail", "--usage"]) == 2
+    assert capsys.readouterr().err == "cskd fail: error: give a thing\n"
+
+
+def test_distribute_flag_goes_through_the_distribution_strategy(tmp_path):
+    # In a subprocess: the strategy sets process-wide state (JAX's distribution, TF's strategy).
     config = tmp_path / "tiny.toml"
     config.write_text(tiny_config().to_toml())
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,7 +191,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     import tensorflow as tf
 
     dataset = tf.data.Dataset.from_tensor_slices(dataset).batch(4)
-    phase = recipe.Phase(str(tmp_path), "teacher", "teacher.keras", log=lambda *_: None)
+    phase = recipe.Phase(str(tmp_path), "teacher", log=lambda *_: None)
     with pytest.raises(recipe.PhaseError, match=r"non-finite loss at batch 1 of epoch 2.*\(epoch 1\)"):
         phase.train(model, dataset, epochs=3, callbacks=[PoisonAfterFirstEpoch(poison)])
     checkpoints = sorted(os.listdir(tmp_path / "teacher" / "checkpoint"))
@@ -218,7 +280,7 @@ def test_resumed_phase_trains_exactly_as_an_uninterrupted_one(tmp_path):
         dataset = data.semi_supervised_dataset(
             records, [world.unlabeled_dir, world.unlabeled_dir], image_size=tiny.IMAGE_SIZE, batch_size=4, seed=3
         )
-        phase = recipe.Phase(str(tmp_path / folder), "distill", "distiller.keras", log=lambda *_: None)
+        phase = recipe.Phase(str(tmp_path / folder), "distill", log=lambda *_: None)
         phase.train(distiller, dataset, epochs=2, callbacks=callbacks)
         return tiny.weights_of(distiller)
 
