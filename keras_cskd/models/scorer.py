@@ -45,19 +45,21 @@ class AestheticScorer(FunctionalModel):
     (2, 10)
     """
 
-    config_fields = ('backbone', 'num_bins', 'dropout', 'bin_values', 'image_size')
-    layer_fields = ('backbone',)
+    config_fields = ("backbone", "num_bins", "dropout", "bin_values", "image_size")
+    object_fields = ("backbone",)
 
-    def __init__(self, backbone, num_bins=10, dropout=0.0, bin_values=None, image_size=None, **kwargs):
+    def __init__(
+        self, backbone, num_bins=10, dropout=0.0, bin_values=None, image_size=None, dtype=None, **kwargs
+    ):
         bin_values_for(num_bins, bin_values)  # Validates the pair.
         # === Layers ===
         self.backbone = backbones.ensure(backbone, image_size=image_size)
-        self.score_head = ScoreHead(num_bins=num_bins, dropout=dropout, name="score_head")
+        self.score_head = ScoreHead(num_bins=num_bins, dropout=dropout, dtype=dtype, name="score_head")
 
         # === Functional Model ===
         images = keras.Input(shape=self.backbone.input_shape[1:], name="images")
         outputs = self.score_head(self.backbone(images))
-        super().__init__(inputs=images, outputs=outputs, **kwargs)
+        super().__init__(inputs=images, outputs=outputs, dtype=dtype, **kwargs)
 
         # === Config ===
         self.num_bins = num_bins
