@@ -138,6 +138,8 @@ def capture_attention(model, backbone=None):
     compiled calls such as `predict` are not recorded.
 
     Example:
+    >>> import keras_hub
+    >>> import numpy as np
     >>> vit = keras_hub.models.ViTBackbone(image_shape=(32, 32, 3), patch_size=8,
     ...     num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32)
     >>> with capture_attention(vit) as capture:
@@ -188,6 +190,8 @@ def attention_statistics(model, images, batch_size=16, backbone=None):
         "token_size_pixels", "num_prefix_tokens", "num_images", "backbone".
 
     Example:
+    >>> import keras_hub
+    >>> import numpy as np
     >>> vit = keras_hub.models.ViTBackbone(image_shape=(32, 32, 3), patch_size=8,
     ...     num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32)
     >>> stats = attention_statistics(vit, np.zeros((3, 32, 32, 3)))

@@ -132,6 +132,8 @@ def find_attention_backbone(model, backbone=None):
         (path, backbone layer).
 
     Example:
+    >>> import keras
+    >>> import keras_hub
     >>> vit = keras_hub.models.ViTBackbone(image_shape=(32, 32, 3), patch_size=8,
     ...     num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32)
     >>> find_attention_backbone(keras.Sequential([vit]))[1] is vit

@@ -46,6 +46,7 @@ def attention_summary(probs, distances, num_prefix_tokens=0):
         means over the patch queries.
 
     Example:
+    >>> import numpy as np
     >>> uniform = np.full((1, 1, 2, 2), 0.5, "float32")
     >>> summary = attention_summary(uniform, pairwise_distances((1, 2), (8, 8)))
     >>> float(summary["mean_distance"][0, 0]), float(summary["entropy"][0, 0])

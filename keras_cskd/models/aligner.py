@@ -25,6 +25,7 @@ class AlignedLearner(FunctionalModel):
         image_size: int. Input size, passed to `backbones.get`.
 
     Example:
+    >>> import numpy as np
     >>> learner = AlignedLearner("MobileNetV2", output_dim=8, hidden_dim=16, image_size=32)
     >>> tuple(learner(np.zeros((2, 32, 32, 3))).shape)
     (2, 8)

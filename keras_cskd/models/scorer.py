@@ -39,6 +39,7 @@ class AestheticScorer(FunctionalModel):
         image_size: int. Input size, passed to `backbones.get`.
 
     Example:
+    >>> import numpy as np
     >>> scorer = AestheticScorer("MobileNetV2", image_size=32)
     >>> scorer.compile()
     >>> scorer.predict(np.zeros((2, 32, 32, 3)), verbose=0).shape
