@@ -50,6 +50,8 @@ class CLIPImageTeacher(FunctionalModel):
         image_size: int or None. The size of the images it is given; None
             accepts any size.
         scale, offset: the pixel normalization (CLIP's mean/std by default).
+        dtype: the dtype policy (e.g. "mixed_bfloat16") of the model and of
+            the layers it makes; saved with the model.
 
     Example:
     >>> teacher = CLIPImageTeacher.from_preset("clip_vit_base_patch16")  # doctest: +SKIP

@@ -23,6 +23,8 @@ class AlignedLearner(FunctionalModel):
         output_dim: int. The CLIP embedding size.
         hidden_dim: int. The projector's hidden width.
         image_size: int. Input size, passed to `backbones.get`.
+        dtype: the dtype policy (e.g. "mixed_bfloat16") of the model and of
+            the layers it makes; saved with the model.
 
     Example:
     >>> import numpy as np

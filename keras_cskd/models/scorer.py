@@ -37,6 +37,8 @@ class AestheticScorer(FunctionalModel):
         dropout: float. Dropout before the score layer.
         bin_values: list of floats, the score each bin stands for.
         image_size: int. Input size, passed to `backbones.get`.
+        dtype: the dtype policy (e.g. "mixed_bfloat16") of the model and of
+            the layers it makes; saved with the model.
 
     Example:
     >>> import numpy as np
