@@ -183,6 +183,7 @@ def get(spec, image_size=None, load_weights=None, preprocessing=None, name=None)
         A functional `keras.Model` (batch, H, W, 3) -> (batch, features).
 
     Example:
+    >>> import numpy as np
     >>> model = get("MobileNetV2", image_size=32)
     >>> tuple(model(np.zeros((1, 32, 32, 3))).shape)
     (1, 1280)

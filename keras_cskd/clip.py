@@ -50,6 +50,8 @@ class CLIPImageTeacher(FunctionalModel):
         image_size: int or None. The size of the images it is given; None
             accepts any size.
         scale, offset: the pixel normalization (CLIP's mean/std by default).
+        dtype: the dtype policy (e.g. "mixed_bfloat16") of the model and of
+            the layers it makes; saved with the model.
 
     Example:
     >>> teacher = CLIPImageTeacher.from_preset("clip_vit_base_patch16")  # doctest: +SKIP
@@ -57,8 +59,8 @@ class CLIPImageTeacher(FunctionalModel):
     (batch, 512)
     """
 
-    config_fields = ('vision_encoder', 'projection_dim', 'normalize', 'image_size', 'scale', 'offset')
-    layer_fields = ('vision_encoder',)
+    config_fields = ("vision_encoder", "projection_dim", "normalize", "image_size", "scale", "offset")
+    object_fields = ("vision_encoder",)
 
     def __init__(
         self,
@@ -68,16 +70,17 @@ class CLIPImageTeacher(FunctionalModel):
         image_size=None,
         scale=CLIP_SCALE,
         offset=CLIP_OFFSET,
+        dtype=None,
         **kwargs,
     ):
-        kwargs.pop("trainable", None)
+        kwargs.pop("trainable", None)  # Always frozen.
         # === Layers ===
         self.vision_encoder = vision_encoder
-        self.normalization = PixelNormalization(scale=scale, offset=offset, name="normalization")
+        self.normalization = PixelNormalization(scale=scale, offset=offset, dtype=dtype, name="normalization")
         encoder_size = tuple(vision_encoder.image_shape[:2])
-        self.pooler = TokenPooler(0, name="pooler")
-        self.projection = layers.Dense(projection_dim, use_bias=False, name="vision_projection")
-        self.unit_norm = layers.UnitNormalization(axis=-1, name="l2_normalize") if normalize else None
+        self.pooler = TokenPooler(0, dtype=dtype, name="pooler")
+        self.projection = layers.Dense(projection_dim, use_bias=False, dtype=dtype, name="vision_projection")
+        self.unit_norm = layers.UnitNormalization(axis=-1, dtype=dtype, name="l2_normalize") if normalize else None
 
         # === Functional Model ===
         size = (image_size, image_size) if image_size else (None, None)
@@ -87,7 +90,7 @@ class CLIPImageTeacher(FunctionalModel):
         self.resize = None
         if size != encoder_size:
             self.resize = layers.Resizing(
-                *encoder_size, interpolation="bicubic", crop_to_aspect_ratio=True, name="resize"
+                *encoder_size, interpolation="bicubic", crop_to_aspect_ratio=True, dtype=dtype, name="resize"
             )
             x = self.resize(x)
         x = self.normalization(x)
@@ -95,7 +98,7 @@ class CLIPImageTeacher(FunctionalModel):
         x = self.projection(self.pooler(x))
         if self.unit_norm is not None:
             x = self.unit_norm(x)
-        super().__init__(inputs=images, outputs=x, **kwargs)
+        super().__init__(inputs=images, outputs=x, dtype=dtype, **kwargs)
 
         # === Config ===
         self.projection_dim = projection_dim

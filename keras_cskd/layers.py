@@ -58,9 +58,13 @@ class PixelNormalization(layers.Layer):
         reverse_channels: bool. Flip RGB to BGR first.
 
     Example:
+    >>> import numpy as np
     >>> layer = PixelNormalization(scale=1 / 127.5, offset=-1.0)
-    >>> [float(v) for v in layer([[[[0, 255, 127.5]]]])[0, 0, 0]]
+    >>> [float(v) for v in layer(np.array([[[[0.0, 255.0, 127.5]]]]))[0, 0, 0]]
     [-1.0, 1.0, 0.0]
+    >>> bgr = PixelNormalization(offset=[-1.0, -2.0, -3.0], reverse_channels=True)
+    >>> [float(v) for v in bgr(np.array([[[[10.0, 20.0, 30.0]]]]))[0, 0, 0]]
+    [29.0, 18.0, 7.0]
     """
 
     def __init__(self, scale=1.0, offset=0.0, reverse_channels=False, **kwargs):
@@ -103,6 +107,7 @@ class ProjectionHead(layers.Layer):
         kernel_initializer: initializer of both kernels.
 
     Example:
+    >>> import numpy as np
     >>> head = ProjectionHead(hidden_dim=32, output_dim=8)
     >>> tuple(head(np.zeros((2, 16))).shape)
     (2, 8)
@@ -169,6 +174,7 @@ class ScoreHead(layers.Layer):
         dropout: float. Dropout rate before the dense layer.
 
     Example:
+    >>> import numpy as np
     >>> head = ScoreHead(num_bins=10)
     >>> probabilities = head(np.zeros((2, 16)))
     >>> tuple(probabilities.shape), round(float(ops.sum(probabilities[0])), 4)
@@ -212,6 +218,7 @@ class MeanScore(layers.Layer):
         bin_values: list of floats, the score of each bin; 1..N by default.
 
     Example:
+    >>> import numpy as np
     >>> float(MeanScore()(np.array([[0.0, 0.5, 0.5]]))[0])
     2.5
     """

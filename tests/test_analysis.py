@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from keras_cskd import analysis
+from keras_cskd import cli
 
 IMAGE = 32
 PATCH = 8
@@ -329,11 +330,15 @@ def write_images(folder, count=4):
     return folder
 
 
-def run_cli(argv):
+def parse(argv):
     parser = argparse.ArgumentParser(prog="cskd")
     analysis.register_command(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return parser.parse_args(argv)
+
+
+def run_cli(argv):
+    """As `cskd` runs it: `cli.main` prints the command's user errors in one line."""
+    return cli.main(argv)
 
 
 def test_cli_writes_json_and_plots(tmp_path):
@@ -383,3 +388,14 @@ def test_cli_reports_user_errors(tmp_path, capsys):
     assert run_cli(["analyze", str(tmp_path / "cnn.keras"), "--images", folder, "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "small_cnn" in err and "ViTBackbone" in err and "Traceback" not in err
+
+
+def test_command_raises_user_errors_for_main_to_print(tmp_path, capsys):
+    folder = write_images(str(tmp_path / "imgs"), count=1)
+    args = parse(["analyze", str(tmp_path / "missing.keras"), "--images", folder, "--out", str(tmp_path)])
+    with pytest.raises(FileNotFoundError, match="missing.keras"):
+        args.func(args)
+    with pytest.raises(ValueError, match="then IMAGES"):
+        args = parse(["analyze", str(tmp_path / "missing.keras"), "--out", str(tmp_path)])
+        args.func(args)
+    assert capsys.readouterr().err == ""

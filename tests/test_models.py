@@ -208,3 +208,49 @@ def test_torch_zeroes_every_gradient_between_steps():
         second = [keras.ops.convert_to_numpy(v.value.grad) for v in model.trainable_variables]
         for a, b in zip(first, second, strict=True):
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+
+
+def test_mixed_precision_policy_survives_a_round_trip(tmp_path):
+    """A model built under mixed_bfloat16 loads with that policy, its own layers too,
+    whatever the global policy is when it is loaded."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        teacher = CLIPImageTeacher.from_backbone(tiny.clip_backbone(), image_size=tiny.IMAGE_SIZE)
+        models = {
+            "scorer": AestheticScorer(tiny.conv_backbone(4), num_bins=5, dtype="mixed_bfloat16"),
+            "aligner": CLIPFeatureAligner(teacher, {"student": tiny.conv_backbone(4)}, projection_hidden_dim=8,
+                                          dtype="mixed_bfloat16"),
+        }
+        for model in models.values():
+            model.save(str(tmp_path / f"{model.name}.keras"))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    for model in models.values():
+        restored = keras.saving.load_model(str(tmp_path / f"{model.name}.keras"))
+        assert restored.name == model.name
+        assert restored.dtype_policy.name == "mixed_bfloat16"
+    scorer = keras.saving.load_model(str(tmp_path / f"{models['scorer'].name}.keras"))
+    assert scorer.score_head.dtype_policy.name == "mixed_bfloat16"
+    assert scorer.score_head.logits.compute_dtype == "bfloat16"
+    aligner = keras.saving.load_model(str(tmp_path / f"{models['aligner'].name}.keras"))
+    assert aligner.teacher.dtype_policy.name == "mixed_bfloat16"
+    assert aligner.learners["student"].dtype_policy.name == "mixed_bfloat16"
+    assert aligner.learners["student"].projector.compute_dtype == "bfloat16"
+
+
+def test_trainable_and_name_survive_a_round_trip(tmp_path):
+    scorer = AestheticScorer(tiny.conv_backbone(4), num_bins=5, name="frozen_scorer")
+    scorer.trainable = False
+    distiller = SemiSupervisedDistiller(None, AestheticScorer(tiny.conv_backbone(4)), name="frozen_distiller")
+    distiller.trainable = False
+    teacher = CLIPImageTeacher.from_backbone(tiny.clip_backbone(), image_size=tiny.IMAGE_SIZE, name="clip")
+    for model in (scorer, distiller, teacher):
+        path = str(tmp_path / f"{model.name}.keras")
+        model.save(path)
+        restored = keras.saving.load_model(path)
+        assert restored.name == model.name
+        assert not restored.trainable and not restored.trainable_weights
+    trainable = AestheticScorer(tiny.conv_backbone(4), num_bins=5)
+    trainable.save(str(tmp_path / "trainable.keras"))
+    assert keras.saving.load_model(str(tmp_path / "trainable.keras")).trainable

@@ -1,7 +1,6 @@
 """Phase 1, CFA: align learners (backbone + MLP projector) to frozen CLIP."""
 
 import keras
-from keras import layers
 from keras import ops
 
 from keras_cskd import backbones
@@ -9,8 +8,7 @@ from keras_cskd.layers import ProjectionHead
 from keras_cskd.losses import CosineAlignmentLoss
 from keras_cskd.losses import unscaled_for_logging
 from keras_cskd.models.base import FunctionalModel
-from keras_cskd.models.base import RestoresCompile
-from keras_cskd.models.base import TracksEveryVariable
+from keras_cskd.models.base import SubclassedModel
 
 
 @keras.saving.register_keras_serializable(package="keras_cskd")
@@ -25,25 +23,28 @@ class AlignedLearner(FunctionalModel):
         output_dim: int. The CLIP embedding size.
         hidden_dim: int. The projector's hidden width.
         image_size: int. Input size, passed to `backbones.get`.
+        dtype: the dtype policy (e.g. "mixed_bfloat16") of the model and of
+            the layers it makes; saved with the model.
 
     Example:
+    >>> import numpy as np
     >>> learner = AlignedLearner("MobileNetV2", output_dim=8, hidden_dim=16, image_size=32)
     >>> tuple(learner(np.zeros((2, 32, 32, 3))).shape)
     (2, 8)
     """
 
-    config_fields = ('backbone', 'output_dim', 'hidden_dim', 'image_size')
-    layer_fields = ('backbone',)
+    config_fields = ("backbone", "output_dim", "hidden_dim", "image_size")
+    object_fields = ("backbone",)
 
-    def __init__(self, backbone, output_dim, hidden_dim=512, image_size=None, **kwargs):
+    def __init__(self, backbone, output_dim, hidden_dim=512, image_size=None, dtype=None, **kwargs):
         # === Layers ===
         self.backbone = backbone = backbones.ensure(backbone, image_size=image_size)
-        self.projector = ProjectionHead(hidden_dim, output_dim, name="projector")
+        self.projector = ProjectionHead(hidden_dim, output_dim, dtype=dtype, name="projector")
 
         # === Functional Model ===
         images = keras.Input(shape=backbone.input_shape[1:], name="images")
         outputs = self.projector(self.backbone(images))
-        super().__init__(inputs=images, outputs=outputs, **kwargs)
+        super().__init__(inputs=images, outputs=outputs, dtype=dtype, **kwargs)
 
         # === Config ===
         self.output_dim = output_dim
@@ -52,7 +53,7 @@ class AlignedLearner(FunctionalModel):
 
 
 @keras.saving.register_keras_serializable(package="keras_cskd")
-class CLIPFeatureAligner(TracksEveryVariable, RestoresCompile, keras.Model):
+class CLIPFeatureAligner(SubclassedModel):
     """Phase 1 of CSKD: align several learners to a frozen CLIP teacher at once.
 
     Each learner gets a `ProjectionHead` sized to the CLIP embedding and is
@@ -75,6 +76,9 @@ class CLIPFeatureAligner(TracksEveryVariable, RestoresCompile, keras.Model):
     >>> student = aligner.learners["student"]  # doctest: +SKIP
     """
 
+    config_fields = ("teacher", "learners", "projection_hidden_dim", "image_size")
+    object_fields = ("teacher", "learners")
+
     def __init__(self, teacher, learners, projection_hidden_dim=512, image_size=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(learners, dict):
@@ -87,7 +91,10 @@ class CLIPFeatureAligner(TracksEveryVariable, RestoresCompile, keras.Model):
         self.learner_names = list(learners)
         self.learner_models = [
             spec if isinstance(spec, AlignedLearner)
-            else AlignedLearner(spec, output_dim=embedding_dim, hidden_dim=projection_hidden_dim, image_size=image_size, name=name)
+            else AlignedLearner(
+                spec, output_dim=embedding_dim, hidden_dim=projection_hidden_dim, image_size=image_size,
+                dtype=self.dtype_policy, name=name,
+            )
             for name, spec in learners.items()
         ]
         for name, learner in zip(self.learner_names, self.learner_models):
@@ -138,19 +145,3 @@ class CLIPFeatureAligner(TracksEveryVariable, RestoresCompile, keras.Model):
     @property
     def metrics(self):
         return super().metrics + self.loss_trackers
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "teacher": layers.serialize(self.teacher),
-            "learners": {n: layers.serialize(m) for n, m in self.learners.items()},
-            "projection_hidden_dim": self.projection_hidden_dim,
-            "image_size": self.image_size,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["teacher"] = layers.deserialize(config["teacher"])
-        config["learners"] = {n: layers.deserialize(c) for n, c in config["learners"].items()}
-        return cls(**config)

@@ -45,39 +45,86 @@ class TracksEveryVariable:
             params.pop(key)
 
 
-class FunctionalModel(TracksEveryVariable, RestoresCompile, keras.Model):
-    """Base of the library's functional models (built from inputs/outputs).
+def _serialize(value):
+    """Keras objects (also inside dicts and lists) -> configs; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return {key: _serialize(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_serialize(item) for item in value]
+    return keras.saving.serialize_keras_object(value)
 
-    Layers may be set as attributes before `super().__init__` on every backend
-    (torch's `Module.__setattr__` refuses that otherwise), the way KerasHub's
-    backbones and tasks do. Subclassed (non-functional) models must not derive
-    from it: Keras turns this class into a `Functional` subclass.
+
+def _deserialize(config):
+    """The inverse of `_serialize`."""
+    if config is None:
+        return None
+    if isinstance(config, dict) and "class_name" not in config:
+        return {key: _deserialize(item) for key, item in config.items()}
+    if isinstance(config, list):
+        return [_deserialize(item) for item in config]
+    return keras.saving.deserialize_keras_object(config)
+
+
+class ConfigFields:
+    """Mixin: `get_config`/`from_config` from declared init arguments.
+
+    `config_fields` names the init arguments kept as attributes of the same
+    name; `object_fields` those among them that hold Keras objects (layers,
+    models, losses; alone, in a dict or a list, or None), saved as nested
+    configs. `get_config` chains to `super().get_config()`, which gives
+    `name`, `trainable` and `dtype` (the policy), then adds the fields, as
+    every Keras layer does.
     """
 
-    # Init arguments kept as attributes of the same name: `get_config` saves
-    # them, serializing those in `layer_fields` (nested layers and models).
     config_fields = ()
-    layer_fields = ()
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._initialized = True
+    object_fields = ()
 
     def get_config(self):
-        config = {"name": self.name}
+        config = super().get_config()
+        if "input_layers" in config:
+            # Keras returned the graph of a functional model; that happens
+            # only when `__init__` itself looks functional (inputs, outputs).
+            raise TypeError(
+                f"{type(self).__name__} must declare its own init arguments "
+                "(not *args) to be saved by its `config_fields`."
+            )
         for field in self.config_fields:
             value = getattr(self, field)
-            if field in self.layer_fields:
-                value = keras.layers.serialize(value)
-            config[field] = value
+            config[field] = _serialize(value) if field in self.object_fields else value
         return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        for field in cls.layer_fields:
-            config[field] = keras.layers.deserialize(config[field])
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
+        for field in cls.object_fields:
+            config[field] = _deserialize(config[field])
         return cls(**config)
+
+
+class SubclassedModel(TracksEveryVariable, RestoresCompile, ConfigFields, keras.Model):
+    """Base of the library's subclassed models (with their own `call`)."""
+
+
+class FunctionalModel(TracksEveryVariable, RestoresCompile, ConfigFields, keras.Model):
+    """Base of the library's functional models (built from inputs/outputs).
+
+    Layers may be set as attributes before `super().__init__` on every backend
+    (torch's `Module.__setattr__` refuses that otherwise), the way KerasHub's
+    backbones and tasks do. A functional model ignores `dtype`; here it sets
+    the model's policy, as in KerasHub's `Backbone`. Subclasses pass `dtype`
+    to the layers they make. Subclassed (non-functional) models must not
+    derive from it: Keras turns this class into a `Functional` subclass.
+    """
+
+    def __init__(self, *args, dtype=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._initialized = True
+        if dtype is not None:
+            self.dtype_policy = keras.dtype_policies.get(dtype)
 
     def __setattr__(self, name, value):
         is_property = isinstance(getattr(type(self), name, None), property)

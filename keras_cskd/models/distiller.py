@@ -1,14 +1,12 @@
 """Phase 2, SKD: distill a frozen teacher into a student on labeled + unlabeled images."""
 
 import keras
-from keras import layers
 from keras import ops
 
 from keras_cskd.losses import EMDDistillation
 from keras_cskd.losses import EMDLoss
 from keras_cskd.losses import unscaled_for_logging
-from keras_cskd.models.base import RestoresCompile
-from keras_cskd.models.base import TracksEveryVariable
+from keras_cskd.models.base import SubclassedModel
 from keras_cskd.models.scorer import default_metrics
 
 LABELED = "labeled_images"
@@ -17,7 +15,7 @@ PSEUDO_LABELS = "pseudo_labels"
 
 
 @keras.saving.register_keras_serializable(package="keras_cskd")
-class SemiSupervisedDistiller(TracksEveryVariable, RestoresCompile, keras.Model):
+class SemiSupervisedDistiller(SubclassedModel):
     """Semi-supervised knowledge distillation of CSKD's phase 2.
 
     loss = EMD(student(x_l), y_l) + unlabeled_weight * EMD(student(x_u), teacher(x_u))
@@ -50,6 +48,9 @@ class SemiSupervisedDistiller(TracksEveryVariable, RestoresCompile, keras.Model)
     >>> distiller.fit(keras_cskd.data.semi_supervised_dataset(...))  # doctest: +SKIP
     >>> distiller.student.score(images)  # doctest: +SKIP
     """
+
+    config_fields = ("teacher", "student", "unlabeled_weight", "distillation_loss")
+    object_fields = ("teacher", "student", "distillation_loss")
 
     def __init__(self, teacher, student, unlabeled_weight=1.0, distillation_loss=None, **kwargs):
         super().__init__(**kwargs)
@@ -120,21 +121,3 @@ class SemiSupervisedDistiller(TracksEveryVariable, RestoresCompile, keras.Model)
     @property
     def metrics(self):
         return super().metrics + [self.supervised_tracker, self.distillation_tracker]
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "teacher": layers.serialize(self.teacher) if self.teacher is not None else None,
-            "student": layers.serialize(self.student),
-            "unlabeled_weight": self.unlabeled_weight,
-            "distillation_loss": keras.saving.serialize_keras_object(self.distillation_loss),
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        if config["teacher"] is not None:
-            config["teacher"] = layers.deserialize(config["teacher"])
-        config["student"] = layers.deserialize(config["student"])
-        config["distillation_loss"] = keras.saving.deserialize_keras_object(config["distillation_loss"])
-        return cls(**config)

@@ -37,27 +37,32 @@ class AestheticScorer(FunctionalModel):
         dropout: float. Dropout before the score layer.
         bin_values: list of floats, the score each bin stands for.
         image_size: int. Input size, passed to `backbones.get`.
+        dtype: the dtype policy (e.g. "mixed_bfloat16") of the model and of
+            the layers it makes; saved with the model.
 
     Example:
+    >>> import numpy as np
     >>> scorer = AestheticScorer("MobileNetV2", image_size=32)
     >>> scorer.compile()
     >>> scorer.predict(np.zeros((2, 32, 32, 3)), verbose=0).shape
     (2, 10)
     """
 
-    config_fields = ('backbone', 'num_bins', 'dropout', 'bin_values', 'image_size')
-    layer_fields = ('backbone',)
+    config_fields = ("backbone", "num_bins", "dropout", "bin_values", "image_size")
+    object_fields = ("backbone",)
 
-    def __init__(self, backbone, num_bins=10, dropout=0.0, bin_values=None, image_size=None, **kwargs):
+    def __init__(
+        self, backbone, num_bins=10, dropout=0.0, bin_values=None, image_size=None, dtype=None, **kwargs
+    ):
         bin_values_for(num_bins, bin_values)  # Validates the pair.
         # === Layers ===
         self.backbone = backbones.ensure(backbone, image_size=image_size)
-        self.score_head = ScoreHead(num_bins=num_bins, dropout=dropout, name="score_head")
+        self.score_head = ScoreHead(num_bins=num_bins, dropout=dropout, dtype=dtype, name="score_head")
 
         # === Functional Model ===
         images = keras.Input(shape=self.backbone.input_shape[1:], name="images")
         outputs = self.score_head(self.backbone(images))
-        super().__init__(inputs=images, outputs=outputs, **kwargs)
+        super().__init__(inputs=images, outputs=outputs, dtype=dtype, **kwargs)
 
         # === Config ===
         self.num_bins = num_bins
