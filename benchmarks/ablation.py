@@ -56,8 +56,7 @@ import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from keras_cskd import CLIPImageTeacher, backbones  # noqa: E402
-from keras_cskd.cache import FrozenOutputCache  # noqa: E402
-from keras_cskd.data import labeled_dataset, read_ava, synthetic  # noqa: E402
+from keras_cskd.data import FrozenOutputCache, labeled_dataset, read_ava, synthetic  # noqa: E402
 from keras_cskd.models import AestheticScorer, CLIPFeatureAligner, SemiSupervisedDistiller  # noqa: E402
 
 ARMS = ["student: labels only", "student: + alignment", "student: + distillation", "student: + both (CSKD)",

@@ -24,7 +24,7 @@ resident set (`ru_maxrss`, all phases).
 
 Then, on the fastest keras-cskd backend, `--cache-epochs` measures whole
 epochs of `fit` through the real input pipeline on a synthetic world: uncached
-vs. `keras_cskd.cache.FrozenOutputCache` (the compute pass timed apart), and
+vs. `keras_cskd.data.FrozenOutputCache` (the compute pass timed apart), and
 checks that the trained weights match on unaugmented views. The input pipeline
 rate (decoded images/s, `unlabeled_dataset(training=True)`) is reported beside.
 
@@ -315,8 +315,7 @@ def cache_worker(args):
     import numpy as np
     import tensorflow as tf
 
-    from keras_cskd.cache import FrozenOutputCache
-    from keras_cskd.data import read_ava, semi_supervised_dataset, synthetic, unlabeled_dataset
+    from keras_cskd.data import FrozenOutputCache, read_ava, semi_supervised_dataset, synthetic, unlabeled_dataset
     from keras_cskd.models import AestheticScorer, CLIPFeatureAligner, SemiSupervisedDistiller
 
     config = SIZES[args.sizes]

@@ -6,23 +6,33 @@
   run killed at any moment resumes from its last completed epoch with the
   state an uninterrupted run had there. It never saves a non-finite state and
   stops training on one.
-- `PassesFollowEpochs`: pins the pass number of `keras_cskd.data` pipelines
-  to the epoch, so the resumed epochs read the same files, in the same order,
-  with the same crops, as an uninterrupted run.
+- `PassesFollowEpochs`: pins the `PassClock`s of `keras_cskd.data` pipelines
+  (the `passes=` they were built with) to the epoch, so the resumed epochs
+  read the same files, in the same order, with the same crops, as an
+  uninterrupted run.
 
 Together they make a resumed run end with the same weights as an
 uninterrupted one (tested on the CPU on every backend to 1e-4 relative;
-bit-identical on tensorflow and torch, float rounding apart on jax).
+bit-identical on tensorflow and torch, float rounding apart on jax). The
+clock is the caller's, so it keeps working whatever the dataset goes through
+before `fit` (`map`, `distribute_dataset`).
 
 Example:
 
->>> import keras, numpy as np
->>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dropout(0.5), keras.layers.Dense(1)])
->>> model.compile("sgd", "mse")
->>> x, y = np.ones((8, 4)), np.ones((8, 1))
->>> _ = model.fit(x, y, epochs=2, verbose=0, callbacks=[CheckpointEachEpoch("/tmp/cskd_doc_backup")])
->>> sorted(os.listdir("/tmp/cskd_doc_backup"))
-['epoch-00001', 'epoch-00002']
+>>> import keras, tempfile
+>>> from keras_cskd.data import PassClock, labeled_dataset, read_ava, synthetic
+>>> world = synthetic.make_world("/tmp/cskd_doc_world", num_labeled=40, num_unlabeled=0)
+>>> model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Rescaling(1 / 255),
+...                           keras.layers.Flatten(), keras.layers.Dropout(0.5),
+...                           keras.layers.Dense(10, activation="softmax")])
+>>> model.compile("sgd", "categorical_crossentropy")
+>>> backup = tempfile.mkdtemp()
+>>> clock = PassClock(seed=0)
+>>> ds = labeled_dataset(read_ava(world.ava_root), "train", image_size=16, batch_size=8, passes=clock)
+>>> callbacks = [PassesFollowEpochs(clock), CheckpointEachEpoch(backup)]
+>>> _ = model.fit(ds, epochs=2, verbose=0, callbacks=callbacks)
+>>> sorted(os.listdir(backup)), clock.current
+(['epoch-00001', 'epoch-00002'], 1)
 """
 
 import json
@@ -145,15 +155,30 @@ class PassesFollowEpochs(keras.callbacks.Callback):
     """Numbers the passes of `keras_cskd.data` datasets by the epoch (see `keras_cskd.data.passes`).
 
     Args:
-        *datasets: `keras_cskd.data` datasets (or their `PassClock`s,
-            `dataset.passes`); other datasets have no passes to pin and are
-            left alone.
+        *clocks: the `keras_cskd.data.PassClock`s the datasets were built
+            with (`passes=clock`).
+
+    Example:
+
+    >>> from keras_cskd.data import PassClock
+    >>> clock = PassClock(seed=0)
+    >>> PassesFollowEpochs(clock).clocks == [clock]
+    True
+    >>> PassesFollowEpochs(["not", "a", "clock"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: PassesFollowEpochs takes PassClocks, got list: build the dataset with passes=clock ...
     """
 
-    def __init__(self, *datasets):
+    def __init__(self, *clocks):
         super().__init__()
-        self.clocks = [getattr(d, "passes", d) for d in datasets]
-        self.clocks = [c for c in self.clocks if hasattr(c, "pin")]
+        for clock in clocks:
+            if not callable(getattr(clock, "pin", None)):
+                raise TypeError(
+                    f"PassesFollowEpochs takes PassClocks, got {type(clock).__name__}: build the dataset with "
+                    "passes=clock (clock = keras_cskd.data.PassClock(seed)) and give the clock here"
+                )
+        self.clocks = list(clocks)
 
     def on_epoch_begin(self, epoch, logs=None):
         for clock in self.clocks:

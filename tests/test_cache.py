@@ -8,8 +8,18 @@ import numpy as np
 import pytest
 
 from keras_cskd import CLIPImageTeacher
-from keras_cskd.cache import FrozenOutputCache, _shard_key, fingerprint
-from keras_cskd.data import labeled_dataset, read_ava, synthetic, unlabeled_dataset
+from keras_cskd.data import (
+    FrozenOutputCache,
+    PassClock,
+    SkipCounter,
+    fingerprint,
+    labeled_dataset,
+    read_ava,
+    synthetic,
+    unlabeled_dataset,
+)
+from keras_cskd.data.cache import _shard_key
+from keras_cskd.keys import LABELED_IMAGES, PSEUDO_LABELS, UNLABELED_IMAGES
 from keras_cskd.models import AestheticScorer, CLIPFeatureAligner, SemiSupervisedDistiller
 from tests import tiny
 
@@ -188,9 +198,9 @@ def test_cached_pseudo_labels_train_as_teacher(world, files, tmp_path):
         student = AestheticScorer(tiny.conv_backbone())
         distiller = SemiSupervisedDistiller(None if with_cache else teacher, student)
         distiller.compile(optimizer=keras.optimizers.SGD(0.1), metrics=[])
-        inputs = {"labeled_images": x_l, "unlabeled_images": x_u}
+        inputs = {LABELED_IMAGES: x_l, UNLABELED_IMAGES: x_u}
         if with_cache:
-            inputs["pseudo_labels"] = y_u
+            inputs[PSEUDO_LABELS] = y_u
         # Tensors: on torch, train_on_batch hands nested numpy values through unconverted.
         inputs = {k: keras.ops.convert_to_tensor(v) for k, v in inputs.items()}
         losses = [float(np.asarray(distiller.train_on_batch(inputs, y_l, return_dict=True)["loss"])) for _ in range(3)]
@@ -203,4 +213,42 @@ def test_cached_pseudo_labels_train_as_teacher(world, files, tmp_path):
     # The zipped pipeline feeds the distiller without a teacher.
     ds = cache.semi_supervised_dataset(read_ava(world.ava_root), files, batch_size=4, unlabeled_ratio=1.5, seed=0)
     x, y = next(iter(ds))
-    assert x["unlabeled_images"].shape[0] == 6 and x["pseudo_labels"].shape == (6, 10) and y.shape == (4, 10)
+    assert x[UNLABELED_IMAGES].shape[0] == 6 and x[PSEUDO_LABELS].shape == (6, 10) and y.shape == (4, 10)
+
+
+def test_cached_datasets_follow_the_callers_clock_and_counter(world, files, tmp_path):
+    model = tiny.conv_backbone()
+    cache = FrozenOutputCache(model, tmp_path, image_size=S, views=2, shard_size=8)
+    records = read_ava(world.ava_root)
+
+    def make(clock, skipped=None):
+        ds = cache.semi_supervised_dataset(records, files, batch_size=4, passes=clock, skipped=skipped)
+        return ds.map(lambda x, y: (x, y))  # a new dataset object, as distribute_dataset makes
+
+    def read(ds):
+        return [(x[LABELED_IMAGES].numpy(), x[UNLABELED_IMAGES].numpy(), x[PSEUDO_LABELS].numpy()) for x, _ in ds]
+
+    ds = make(PassClock(seed=2))
+    pass0, pass1 = read(ds), read(ds)
+    assert not np.array_equal(pass0[0][0], pass1[0][0])
+    clock = PassClock(seed=2)
+    resumed = make(clock)
+    clock.pin(1)  # what PassesFollowEpochs does at the start of epoch 1
+    for a, b in zip(read(resumed), pass1):
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
+    # The pseudo-labels are the model's outputs on the very pixels yielded.
+    _, images, pseudo = pass1[0]
+    np.testing.assert_allclose(model.predict(images.astype("float32"), verbose=0), pseudo, atol=1e-5)
+    # A file broken after computing (same size and time: the cache cannot tell) is skipped and counted
+    # by the caller's counter.
+    broken = sorted(os.path.join(d, f) for d, _, fs in os.walk(files) for f in fs)[0]
+    st = os.stat(broken)
+    with open(broken, "wb") as f:
+        f.write(b"\0" * st.st_size)
+    os.utime(broken, ns=(st.st_atime_ns, st.st_mtime_ns))
+    counter = SkipCounter()
+    n = sum(int(x.shape[0]) for x, _ in cache.dataset(files, batch_size=4, seed=0, compute=False, skipped=counter))
+    assert n == 20 and counter.count == 1  # the epoch keeps its length; the place is refilled
+    with pytest.raises(ValueError, match="not both"):
+        cache.dataset(files, passes=PassClock(0), seed=0)

@@ -10,9 +10,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageOps
 
+from keras_cskd.callbacks import PassesFollowEpochs
 from keras_cskd.data import (
     ImageFiles,
     LabeledRecords,
+    Look,
+    PassClock,
     SkipCounter,
     decode_image,
     labeled_dataset,
@@ -44,7 +47,8 @@ def _batches(ds):
 
 
 def test_labeled_training_batches(records):
-    ds = labeled_dataset(records, "train", image_size=SIZE, batch_size=8, seed=0)
+    skipped = SkipCounter()
+    ds = labeled_dataset(records, "train", image_size=SIZE, batch_size=8, seed=0, skipped=skipped)
     assert ds.element_spec[0].shape == (8, SIZE, SIZE, 3)  # static: drop_remainder
     assert ds.element_spec[0].dtype == tf.uint8
     assert ds.element_spec[1].shape == (8, 10) and ds.element_spec[1].dtype == tf.float32
@@ -53,7 +57,8 @@ def test_labeled_training_batches(records):
     for images, dists in batches:
         np.testing.assert_allclose(dists.sum(1), 1, atol=1e-5)
         assert images.max() > 100  # 0..255, not normalized
-    assert ds.skipped.count == 0 and ds.skipped.last_pass == (0, 0)
+    assert skipped.count == 0 and skipped.last_pass == (0, 0)
+    assert not hasattr(ds, "passes") and not hasattr(ds, "skipped")  # the caller's objects are the one way
 
 
 def test_labeled_eval_keeps_order_and_remainder(records):
@@ -92,6 +97,21 @@ def test_labeled_errors(records):
         labeled_dataset(records, "nope")
     with pytest.raises(ValueError, match="dtype"):
         labeled_dataset(records, "test", dtype="int32")
+    with pytest.raises(ValueError, match="not both"):
+        labeled_dataset(records, "test", passes=PassClock(0), seed=0)
+    with pytest.raises(TypeError, match="PassClock"):
+        labeled_dataset(records, "test", passes=0)
+
+
+def test_look_is_checked_and_frozen():
+    look = Look([24, 32], crop_fraction=1)
+    assert look.image_size == (24, 32) and look.crop_fraction == 1.0 and look == Look((24, 32), 1.0)
+    with pytest.raises(ValueError, match="image_size"):
+        Look((1, 2, 3))
+    with pytest.raises(ValueError, match="crop_fraction"):
+        Look(8, crop_fraction=0)
+    with pytest.raises(AttributeError):
+        look.dtype = "float32"
 
 
 def test_keep_aspect_ratio_crops_a_square(tmp_path):
@@ -189,10 +209,11 @@ def test_bad_files_are_skipped_and_reported(messy, caplog):
         counter = SkipCounter(max_examples=10)
         ds = labeled_dataset(r, training=True, image_size=SIZE, batch_size=2, seed=0, skipped=counter)
         n = sum(len(x) for x, _ in ds)
+    skipped = counter
     # Training keeps the epoch length: skipped places are refilled from the next pass.
     assert ds.cardinality() == len(paths) // 2 and n == len(paths)
-    assert ds.skipped.count == len(bad) and ds.skipped.last_pass == (len(bad), len(paths))
-    reasons = dict(ds.skipped.examples)
+    assert skipped.count == len(bad) and skipped.last_pass == (len(bad), len(paths))
+    reasons = dict(skipped.examples)
     assert reasons[str(d / "missing.jpg")] == "missing"
     assert reasons[str(d / "empty.jpg")] == "empty file"
     assert reasons[str(d / "notes.jpg")] == "not an image"
@@ -202,14 +223,13 @@ def test_bad_files_are_skipped_and_reported(messy, caplog):
     # A second pass logs the same files again but counts them once.
     _batches(ds)
     lines = [rec.getMessage() for rec in caplog.records if "skipped" in rec.getMessage()]
-    assert ds.skipped.count == len(bad) and len(lines) == 2
+    assert skipped.count == len(bad) and len(lines) == 2
 
 
 def test_unlabeled_bad_files_and_shared_counter(messy):
     d, good, bad, _ = messy
     counter = SkipCounter(max_examples=2)
     ds = unlabeled_dataset(str(d), training=False, image_size=SIZE, batch_size=4, return_paths=True, skipped=counter)
-    assert ds.skipped is counter
     images, paths = zip(*_batches(ds))
     names = [os.path.basename(p.decode()) for p in np.concatenate(paths)]
     assert names == [n for n in sorted(good + bad) if n in good]  # folder order kept, bad ones dropped
@@ -218,8 +238,9 @@ def test_unlabeled_bad_files_and_shared_counter(messy):
 
 def test_all_files_broken_gives_empty_pass(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"")
-    ds = unlabeled_dataset(str(tmp_path), image_size=SIZE, batch_size=1)
-    assert _batches(ds) == [] and ds.skipped.count == 1
+    counter = SkipCounter()
+    ds = unlabeled_dataset(str(tmp_path), image_size=SIZE, batch_size=1, skipped=counter)
+    assert _batches(ds) == [] and counter.count == 1
 
 
 def test_empty_sources_are_errors(tmp_path):
@@ -291,6 +312,47 @@ def test_semi_supervised_structure(records, world):
     np.testing.assert_array_equal(pass1[-1][0]["unlabeled_images"], fresh[-1][0]["unlabeled_images"])
     np.testing.assert_array_equal(pass1[0][1], fresh[0][1])
     assert not np.array_equal(pass1[0][1], pass2[0][1])
+
+
+def test_clock_survives_map_and_follows_epochs(records, world):
+    """The caller's clock pins the passes of a dataset that was mapped after it was built."""
+
+    def make(clock):
+        ds = semi_supervised_dataset(records, world.unlabeled_dir, image_size=SIZE, batch_size=4, passes=clock)
+        return ds.map(lambda x, y: (x, y))  # a new dataset object, as distribute_dataset makes
+
+    ds = make(PassClock(seed=4))
+    pass0, pass1 = _batches(ds), _batches(ds)
+    assert not np.array_equal(pass0[0][1], pass1[0][1])
+    # A resumed run: a new dataset and clock, pinned to epoch 1 by the callback.
+    clock = PassClock(seed=4)
+    resumed = make(clock)
+    PassesFollowEpochs(clock).on_epoch_begin(1)
+    again = _batches(resumed)
+    np.testing.assert_array_equal(again[0][1], pass1[0][1])
+    np.testing.assert_array_equal(again[-1][0]["unlabeled_images"], pass1[-1][0]["unlabeled_images"])
+    with pytest.raises(TypeError, match="takes PassClocks"):
+        PassesFollowEpochs(resumed)
+
+
+def test_keys_module_imports_nothing():
+    """`keras_cskd.keys` is cheap: a model file can import it without TensorFlow."""
+    import subprocess
+    import sys
+
+    import keras_cskd.keys as keys
+
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('keys', {keys.__file__!r})\n"
+        "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'keras_cskd')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    assert (keys.LABELED_IMAGES, keys.UNLABELED_IMAGES, keys.PSEUDO_LABELS) == (
+        "labeled_images", "unlabeled_images", "pseudo_labels",
+    )
 
 
 # === The pipelines meet models on the current backend ===

@@ -278,7 +278,7 @@ def test_synthetic_votes_follow_visible_attributes(world, tmp_path):
 # === Docstring examples ===
 
 
-@pytest.mark.parametrize("module", ["records", "readers", "images", "synthetic", "pipelines", "passes"])
+@pytest.mark.parametrize("module", ["records", "readers", "images", "synthetic", "pipelines", "passes", "cache"])
 def test_docstring_examples_run(module):
     import doctest
     import importlib

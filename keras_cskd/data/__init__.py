@@ -6,18 +6,38 @@ sources into `tf.data.Dataset`s that any Keras backend's `fit` consumes:
 - `labeled_dataset`: `(images, distributions)`;
 - `unlabeled_dataset`: `images` (for `CLIPFeatureAligner`);
 - `semi_supervised_dataset`:
-  `({"labeled_images", "unlabeled_images"}, distributions)` (for
-  `SemiSupervisedDistiller`).
+  `({LABELED_IMAGES, UNLABELED_IMAGES}, distributions)` (for
+  `SemiSupervisedDistiller`; the keys live in `keras_cskd.keys`);
+- `FrozenOutputCache`: the same pipelines with what a frozen model (CLIP,
+  the teacher) computes on each image read from disk instead of recomputed.
+
+A dataset carries no state of its own: the caller makes the objects that
+follow it and keeps them, so they survive `map` and `distribute_dataset`. A
+`PassClock` numbers the passes (`passes=clock`, or `seed=s` for a new one)
+and a `SkipCounter` hears of unreadable files (`skipped=counter`). Resumable
+training pins the clock to the epoch:
+
+    clock = PassClock(seed)
+    ds = labeled_dataset(records, "train", passes=clock)
+    model.fit(ds, callbacks=[PassesFollowEpochs(clock), CheckpointEachEpoch(backup_dir)])
+
+`Look` (image size, crop, dtype) and `crop_resize` are the one view of an
+image that every pipeline, the cache and serving share.
 
 TFDS builders for AVA, AADB and PARA live in `keras_cskd.data.tfds_builders`
 (imported on demand, since importing TFDS is slow).
 """
 
 from keras_cskd.data import synthetic
+from keras_cskd.data.cache import CachedOutputs, FrozenOutputCache, fingerprint
 from keras_cskd.data.images import IMAGE_EXTENSIONS, SkipCounter, decode_image, list_images
+from keras_cskd.data.passes import PassClock
 from keras_cskd.data.pipelines import (
     ImageFiles,
+    Look,
     TFDSImages,
+    as_sources,
+    crop_resize,
     evaluation_view,
     labeled_dataset,
     semi_supervised_dataset,
@@ -28,13 +48,20 @@ from keras_cskd.data.records import LabeledRecords, LabelFormatError, mean_to_di
 
 __all__ = [
     "IMAGE_EXTENSIONS",
-    "evaluation_view",
+    "CachedOutputs",
+    "FrozenOutputCache",
     "ImageFiles",
     "LabelFormatError",
     "LabeledRecords",
+    "Look",
+    "PassClock",
     "SkipCounter",
     "TFDSImages",
+    "as_sources",
+    "crop_resize",
     "decode_image",
+    "evaluation_view",
+    "fingerprint",
     "labeled_dataset",
     "list_images",
     "mean_to_distribution",

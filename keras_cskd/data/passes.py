@@ -5,13 +5,20 @@ counter that starts over in a new process, so a run resumed at epoch 5 would
 shuffle and augment epoch 5 like epoch 1. The pipelines of this package
 instead derive every random choice of a pass (file order, crops, flips,
 source mixing) with stateless ops from `(seed, pass number)`, and number
-the passes with a `PassClock`: each returned dataset has one as `.passes`.
+the passes with a `PassClock` that the caller owns: give it to a pipeline as
+`passes=clock` (`seed=s` is short for `passes=PassClock(s)`), and keep it.
 
 The clock counts the passes of its dataset 0, 1, 2, ... (each `fit` epoch
 iterates once, so plain `fit` reshuffles every epoch). `clock.pin(epoch)`
 sets the number of the next pass; `keras_cskd.callbacks.PassesFollowEpochs`
 does so at the start of every epoch, so a resumed `fit` (`initial_epoch=k`)
-reads exactly the data of an uninterrupted one.
+reads exactly the data of an uninterrupted one. The clock is a plain Python
+object, so it keeps working whatever the dataset goes through afterwards
+(`map`, `distribute_dataset`, ...):
+
+    clock = PassClock(seed=0)
+    ds = labeled_dataset(records, "train", passes=clock)
+    model.fit(ds, epochs=10, callbacks=[PassesFollowEpochs(clock), CheckpointEachEpoch(backup_dir)])
 
 Example:
 
@@ -37,9 +44,12 @@ class PassClock:
     Args:
         seed: base seed of every pass; `None` draws one at random (the
             passes still differ from each other, but not from run to run).
+            A clock with a seed also makes the parallel stages of its
+            pipelines keep their order (`seeded`), so passes are reproducible.
     """
 
     def __init__(self, seed=None):
+        self.seeded = seed is not None
         self.seed = random.SystemRandom().randrange(2**31) if seed is None else int(seed)
         self.current = 0
         self._next = 0
@@ -82,6 +92,26 @@ class PassClock:
         """An endless dataset of (2,) seeds for this pass, one per element (see `element_seeds`)."""
         seeds = self.each_pass(salt, element_seeds)
         return seeds.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
+
+
+def pass_clock(passes=None, seed=None):
+    """The clock a pipeline follows: `passes` (a `PassClock`), or a new `PassClock(seed)`.
+
+    Example:
+
+    >>> pass_clock(seed=3).seed
+    3
+    >>> clock = PassClock(1)
+    >>> pass_clock(passes=clock) is clock
+    True
+    """
+    if passes is None:
+        return PassClock(seed)
+    if seed is not None:
+        raise ValueError("give passes= (a PassClock) or seed= (the seed of a new one), not both")
+    if not isinstance(passes, PassClock):
+        raise TypeError(f"passes= takes a keras_cskd.data.PassClock, got {type(passes).__name__}")
+    return passes
 
 
 def element_seeds(seed):

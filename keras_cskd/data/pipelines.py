@@ -30,20 +30,38 @@ parallel stages keep their order. Successive passes (epochs) differ from each
 other, and pass *k* is the same in every run, so a resumed `fit` can read
 exactly the data an uninterrupted one would (see `keras_cskd.data.passes`).
 
-Each returned dataset has a `skipped` attribute, a `SkipCounter` reporting
-unreadable files at the end of each pass, and a `passes` attribute, the
-`PassClock` numbering its passes.
+The state of a dataset lives in objects the caller makes and keeps, so that
+it survives whatever the dataset goes through (`map`, `distribute_dataset`):
+
+- `passes=clock`, a `PassClock`, numbers the passes (`seed=s` is short for
+  `passes=PassClock(s)`); `keras_cskd.callbacks.PassesFollowEpochs(clock)`
+  pins it to the epoch, which makes a resumed `fit` read what an
+  uninterrupted one would:
+
+      clock = PassClock(seed)
+      ds = labeled_dataset(records, "train", passes=clock)
+      model.fit(ds, callbacks=[PassesFollowEpochs(clock), CheckpointEachEpoch(backup_dir)])
+
+- `skipped=counter`, a `SkipCounter`, hears of unreadable files at the end of
+  each pass.
+
+The parts the pipelines are made of are public for the rest of the data layer
+(the frozen-output cache builds on them): `Look` (the image options) and
+`crop_resize` (the one crop, resize and flip), `as_sources`, and the stages
+`labeled_batches`, `unlabeled_elements`, `semi_supervised_batches`, `finish`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
 import tensorflow as tf
 
-from keras_cskd.data.images import SkipCounter, decode_image, file_image_stream, is_image_file, list_images
-from keras_cskd.data.passes import PassClock, element_seeds, first, keep_cardinality
+from keras_cskd.data.images import decode_image, file_image_stream, is_image_file, list_images
+from keras_cskd.data.passes import element_seeds, first, keep_cardinality, pass_clock
+from keras_cskd.keys import LABELED_IMAGES, UNLABELED_IMAGES
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -172,7 +190,16 @@ def as_source(source):
     raise ValueError(f"unlabeled source is not a folder, list file, image file or 'tfds:' name: {text}")
 
 
-def _as_sources(sources):
+def as_sources(sources):
+    """A list of source objects from one source or a list of them (see `unlabeled_dataset`).
+
+    A list whose items are all image file paths is one source, not several.
+
+    Example:
+
+    >>> [s.size for s in as_sources(["a.jpg", "b.jpg"])]
+    [2]
+    """
     if isinstance(sources, (list, tuple)) and sources and all(
         isinstance(s, (str, os.PathLike)) and is_image_file(s) for s in sources
     ):
@@ -187,12 +214,66 @@ def _as_sources(sources):
 # === Crop, resize, flip ===
 
 
-def _crop_resize(image, seed, *, image_size, training, crop_fraction, keep_aspect_ratio, dtype):
+@dataclasses.dataclass(frozen=True)
+class Look:
+    """How the images of a pipeline look: size, crop and dtype (checked).
+
+    Args:
+        image_size: output size: an int (square) or (height, width); kept as
+            a (height, width) tuple.
+        crop_fraction: fraction of each side kept by the crop, in (0, 1].
+        keep_aspect_ratio: crop a square instead of squashing (see module doc).
+        dtype: `"uint8"` or `"float32"` images, values 0..255.
+
+    Example:
+
+    >>> Look(32)
+    Look(image_size=(32, 32), crop_fraction=0.875, keep_aspect_ratio=False, dtype='uint8')
+    >>> Look(32, crop_fraction=1.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: crop_fraction must be in (0, 1], got 1.5
+    """
+
+    image_size: tuple = (224, 224)
+    crop_fraction: float = 0.875
+    keep_aspect_ratio: bool = False
+    dtype: str = "uint8"
+
+    def __post_init__(self):
+        size = self.image_size
+        size = (int(size),) * 2 if np.ndim(size) == 0 else tuple(int(v) for v in size)
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(f"image_size must be an int or (height, width), got {self.image_size}")
+        if self.dtype not in ("uint8", "float32"):
+            raise ValueError(f"dtype must be 'uint8' or 'float32', got {self.dtype!r}")
+        if not 0 < self.crop_fraction <= 1:
+            raise ValueError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
+        object.__setattr__(self, "image_size", size)
+        object.__setattr__(self, "crop_fraction", float(self.crop_fraction))
+        object.__setattr__(self, "keep_aspect_ratio", bool(self.keep_aspect_ratio))
+
+
+def crop_resize(image, look, *, training=False, seed=None):
+    """One decoded (H, W, 3) uint8 image in `look`: crop, resize, and (training) flip.
+
+    Evaluation takes the center crop; training a random crop and a random
+    horizontal flip drawn from `seed`, a (2,) int tensor (stateless ops: the
+    same seed gives the same image).
+
+    Example:
+
+    >>> image = tf.zeros([40, 60, 3], tf.uint8)
+    >>> crop_resize(image, Look(16)).shape
+    TensorShape([16, 16, 3])
+    >>> crop_resize(image, Look(16, dtype="float32"), training=True, seed=[0, 1]).dtype.name
+    'float32'
+    """
     shape = tf.shape(image)
     h, w = shape[0], shape[1]
-    ch, cw = (tf.minimum(h, w),) * 2 if keep_aspect_ratio else (h, w)
-    ch = tf.clip_by_value(tf.cast(tf.round(tf.cast(ch, tf.float32) * crop_fraction), tf.int32), 1, h)
-    cw = tf.clip_by_value(tf.cast(tf.round(tf.cast(cw, tf.float32) * crop_fraction), tf.int32), 1, w)
+    ch, cw = (tf.minimum(h, w),) * 2 if look.keep_aspect_ratio else (h, w)
+    ch = tf.clip_by_value(tf.cast(tf.round(tf.cast(ch, tf.float32) * look.crop_fraction), tf.int32), 1, h)
+    cw = tf.clip_by_value(tf.cast(tf.round(tf.cast(cw, tf.float32) * look.crop_fraction), tf.int32), 1, w)
     if training:
         u = tf.random.stateless_uniform([3], seed=seed)
         top = tf.minimum(tf.cast(u[0] * tf.cast(h - ch + 1, tf.float32), tf.int32), h - ch)
@@ -203,13 +284,13 @@ def _crop_resize(image, seed, *, image_size, training, crop_fraction, keep_aspec
     if training:  # flip the uint8 crop: cheaper than the float output
         crop = tf.reverse(crop, tf.boolean_mask([1], [u[2] < 0.5]))
     # Antialiasing costs ~4x; it only matters when shrinking by more than 2x.
-    height, width = image_size
+    height, width = look.image_size
     out = tf.cond(
         tf.logical_or(ch > 2 * height, cw > 2 * width),
         lambda: tf.image.resize(crop, [height, width], antialias=True),
         lambda: tf.image.resize(crop, [height, width]),
     )
-    if dtype == "uint8":
+    if look.dtype == "uint8":
         out = tf.cast(tf.clip_by_value(out + 0.5, 0.0, 255.0), tf.uint8)  # rounds
     else:
         out = tf.clip_by_value(out, 0.0, 255.0)
@@ -217,37 +298,44 @@ def _crop_resize(image, seed, *, image_size, training, crop_fraction, keep_aspec
     return out
 
 
-def _look(image_size, crop_fraction, keep_aspect_ratio, dtype):
-    """The image options every pipeline shares, checked."""
-    if dtype not in ("uint8", "float32"):
-        raise ValueError(f"dtype must be 'uint8' or 'float32', got {dtype!r}")
-    if not 0 < crop_fraction <= 1:
-        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
-    size = (int(image_size),) * 2 if np.ndim(image_size) == 0 else tuple(int(v) for v in image_size)
-    return dict(image_size=size, crop_fraction=crop_fraction, keep_aspect_ratio=keep_aspect_ratio, dtype=dtype)
-
-
 def evaluation_view(image, image_size, crop_fraction=0.875, keep_aspect_ratio=False, dtype="float32"):
     """The evaluation transform of one decoded (H, W, 3) image: center crop, resize.
 
     Serving (`keras_cskd.export`) applies the same view as evaluation.
     """
-    look = _look(image_size, crop_fraction, keep_aspect_ratio, dtype)
-    return _crop_resize(image, None, training=False, **look)
+    return crop_resize(image, Look(image_size, crop_fraction, keep_aspect_ratio, dtype))
 
 
-def _augment(ds, look, *, training, clock, salt, deterministic):
-    def fn(element, seed):
-        image = _crop_resize(element["image"], seed, training=training, **look)
-        return {**element, "image": image}
+# === Stages ===
 
+
+def look_view(look, training):
+    """The pipelines' view of a decoded element, `view(element, seed)`: its image through `crop_resize`."""
+
+    def view(element, seed):
+        return {**element, "image": crop_resize(element["image"], look, training=training, seed=seed)}
+
+    return view
+
+
+def _view_each(ds, view, *, training, clock, salt, deterministic):
+    """`view(element, seed)` of each element; training draws the seeds from the pass (`salt`), evaluation gives None."""
     if not training:
-        return ds.map(lambda e: fn(e, None), num_parallel_calls=AUTOTUNE, deterministic=True)
+        return ds.map(lambda e: view(e, None), num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = tf.data.Dataset.zip(ds, clock.element_seeds(salt))
-    return ds.map(fn, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    return ds.map(view, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
 
 
-def _labeled(records, split, look, *, batch_size, training, clock, deterministic, counter):
+def _deterministic(clock, training):
+    return not training or clock.seeded
+
+
+def labeled_batches(records, split, look, *, batch_size, training, clock, counter):
+    """Batches `(images, distributions)` of `records.select(split)` in `look`, passes numbered by `clock`.
+
+    The stage `labeled_dataset` is made of (before `finish`). Salts of its
+    random streams: 0 file order, 1 augmentation.
+    """
     if split is not None:
         records = records.select(split)
     if training and len(records) < batch_size:
@@ -255,6 +343,7 @@ def _labeled(records, split, look, *, batch_size, training, clock, deterministic
             f"{records.name}/{split}: {len(records)} images is fewer than batch_size={batch_size}; "
             "training drops the last partial batch, so no batch would be made"
         )
+    deterministic = _deterministic(clock, training)
     ds = file_image_stream(
         records.paths,
         records.distributions,
@@ -265,76 +354,28 @@ def _labeled(records, split, look, *, batch_size, training, clock, deterministic
         counter=counter,
         name=f"{records.name}/{split or 'all'}",
     )
-    ds = _augment(ds, look, training=training, clock=clock, salt=1, deterministic=deterministic)
+    ds = _view_each(
+        ds, look_view(look, training), training=training, clock=clock, salt=1, deterministic=deterministic
+    )
     ds = ds.map(lambda e: (e["image"], e["label"]))
     return ds.batch(batch_size, drop_remainder=training)
 
 
-def labeled_dataset(
-    records,
-    split=None,
-    *,
-    image_size=224,
-    batch_size=32,
-    training=None,
-    seed=None,
-    crop_fraction=0.875,
-    keep_aspect_ratio=False,
-    dtype="uint8",
-    skipped=None,
+def unlabeled_elements(
+    sources, view, *, clock, counter, training=True, weights=None, num_examples=None, repeat=False
 ):
-    """Batches `(images, distributions)` from labeled records.
+    """Unbatched elements `{"image", "key", ...}` of unlabeled sources, each through `view`.
 
-    Args:
-        records: a `LabeledRecords` (from `read_ava`, `read_aadb`, `read_para`
-            or `LabeledRecords.from_arrays`).
-        split: split to use (`"train"`, `"val"`, `"test"`); `None` for all records.
-        image_size: output size: an int (square) or (height, width).
-        batch_size: images per batch.
-        training: augment, shuffle and drop the last partial batch; default
-            `split == "train"`.
-        seed: makes the pipeline deterministic.
-        crop_fraction: fraction of each side kept by the crop.
-        keep_aspect_ratio: crop a square instead of squashing (see module doc).
-        dtype: `"uint8"` or `"float32"` images, values 0..255.
-        skipped: a `SkipCounter` to report to (default: a new one).
-
-    Returns:
-        `tf.data.Dataset` of `(images (B, S, S, 3), distributions (B, num_bins) float32)`,
-        with `.skipped` (`SkipCounter`).
-
-    Example:
-
-    >>> from keras_cskd.data import labeled_dataset, read_ava, synthetic
-    >>> world = synthetic.make_world("/tmp/cskd_doc_world", num_labeled=40, num_unlabeled=0)
-    >>> ds = labeled_dataset(read_ava(world.ava_root), "train", image_size=32, batch_size=8, seed=0)
-    >>> images, dists = next(iter(ds))
-    >>> images.shape, images.dtype.name, dists.shape
-    (TensorShape([8, 32, 32, 3]), 'uint8', TensorShape([8, 10]))
+    The stage `unlabeled_dataset` is made of (before batching). `view(element,
+    seed)` returns the element as the model should see it: `look_view(look,
+    training)` for the pipelines; `seed` is a (2,) seed of this element and
+    pass when training, `None` otherwise. Salts of its random streams: 10
+    mixing, 11 view, 12 + i source i. `weights`, `num_examples`, `repeat`:
+    as in `unlabeled_dataset`.
     """
-    training = split == "train" if training is None else training
-    counter = skipped if skipped is not None else SkipCounter()
-    look = _look(image_size, crop_fraction, keep_aspect_ratio, dtype)
-    clock = PassClock(seed)
-    ds = _labeled(
-        records, split, look, batch_size=batch_size, training=training, clock=clock,
-        deterministic=seed is not None or not training, counter=counter,
-    )
-    return _finish(ds, clock, counter)
-
-
-def _finish(ds, clock, counter):
-    """Start a pass on each iteration, prefetch, attach `passes` and `skipped`."""
-    ds = clock.start(ds).prefetch(AUTOTUNE)
-    ds.passes = clock
-    ds.skipped = counter
-    return ds
-
-
-def _unlabeled(sources, look, *, weights, num_examples, repeat, batch_size, training, clock, deterministic, counter):
-    # Salts of this pipeline's random streams: 10 mixing, 11 augmentation, 12 + i source i.
-    sources = _as_sources(sources)
+    sources = as_sources(sources)
     mixed = len(sources) > 1 or num_examples is not None
+    deterministic = _deterministic(clock, training)
 
     def stream(i, source):
         return source.stream(
@@ -354,8 +395,92 @@ def _unlabeled(sources, look, *, weights, num_examples, repeat, batch_size, trai
         ds = tf.data.Dataset.choose_from_datasets([stream(i, s) for i, s in enumerate(sources)], choices)
         if not repeat:
             ds = first(ds, int(num_examples or sizes.sum()))
-    ds = _augment(ds, look, training=training, clock=clock, salt=11, deterministic=deterministic)
-    return ds.batch(batch_size, drop_remainder=training)
+    return _view_each(ds, view, training=training, clock=clock, salt=11, deterministic=deterministic)
+
+
+def semi_supervised_batches(records, split, unlabeled, look, *, batch_size, unlabeled_ratio, clock, counter):
+    """Labeled training batches zipped with batches of `unlabeled`, an endless dataset of dicts.
+
+    Yields `({LABELED_IMAGES: images, **unlabeled batch}, distributions)`;
+    the unlabeled batch size is `max(1, round(batch_size * unlabeled_ratio))`
+    and the labeled split defines the epoch. The stage
+    `semi_supervised_dataset` is made of (before `finish`).
+    """
+    labeled = labeled_batches(
+        records, split, look, batch_size=batch_size, training=True, clock=clock, counter=counter
+    )
+    unlabeled = unlabeled.batch(max(1, int(round(batch_size * unlabeled_ratio))), drop_remainder=True)
+    ds = tf.data.Dataset.zip(labeled, unlabeled)
+    ds = ds.map(lambda l, u: ({LABELED_IMAGES: l[0], **u}, l[1]))
+    return keep_cardinality(ds, labeled)
+
+
+def finish(ds, clock):
+    """`ds` starting a pass of `clock` on each iteration, prefetched: the last stage of every pipeline."""
+    return clock.start(ds).prefetch(AUTOTUNE)
+
+
+# === Pipelines ===
+
+
+def labeled_dataset(
+    records,
+    split=None,
+    *,
+    image_size=224,
+    batch_size=32,
+    training=None,
+    passes=None,
+    seed=None,
+    crop_fraction=0.875,
+    keep_aspect_ratio=False,
+    dtype="uint8",
+    skipped=None,
+):
+    """Batches `(images, distributions)` from labeled records.
+
+    Args:
+        records: a `LabeledRecords` (from `read_ava`, `read_aadb`, `read_para`
+            or `LabeledRecords.from_arrays`).
+        split: split to use (`"train"`, `"val"`, `"test"`); `None` for all records.
+        image_size: output size: an int (square) or (height, width).
+        batch_size: images per batch.
+        training: augment, shuffle and drop the last partial batch; default
+            `split == "train"`.
+        passes: the `PassClock` that numbers the passes; keep it to pin the
+            passes to epochs (`keras_cskd.callbacks.PassesFollowEpochs`).
+        seed: short for `passes=PassClock(seed)` (not both); a seed makes the
+            pipeline deterministic.
+        crop_fraction: fraction of each side kept by the crop.
+        keep_aspect_ratio: crop a square instead of squashing (see module doc).
+        dtype: `"uint8"` or `"float32"` images, values 0..255.
+        skipped: a `SkipCounter` that hears of unreadable files (default: none
+            is kept; the skips are still logged).
+
+    Returns:
+        `tf.data.Dataset` of `(images (B, S, S, 3), distributions (B, num_bins) float32)`.
+
+    Example:
+
+    >>> from keras_cskd.data import PassClock, SkipCounter, labeled_dataset, read_ava, synthetic
+    >>> world = synthetic.make_world("/tmp/cskd_doc_world", num_labeled=40, num_unlabeled=0)
+    >>> clock, skipped = PassClock(seed=0), SkipCounter()
+    >>> ds = labeled_dataset(read_ava(world.ava_root), "train", image_size=32, batch_size=8,
+    ...                      passes=clock, skipped=skipped)
+    >>> images, dists = next(iter(ds))
+    >>> images.shape, images.dtype.name, dists.shape
+    (TensorShape([8, 32, 32, 3]), 'uint8', TensorShape([8, 10]))
+    >>> clock.current, skipped.count  # pass 0 is being read; no file was unreadable
+    (0, 0)
+    """
+    training = split == "train" if training is None else training
+    clock = pass_clock(passes, seed)
+    look = Look(image_size, crop_fraction, keep_aspect_ratio, dtype)
+    ds = labeled_batches(
+        records, split, look, batch_size=batch_size, training=training, clock=clock,
+        counter=skipped,
+    )
+    return finish(ds, clock)
 
 
 def unlabeled_dataset(
@@ -365,6 +490,7 @@ def unlabeled_dataset(
     image_size=224,
     batch_size=32,
     training=True,
+    passes=None,
     seed=None,
     num_examples=None,
     repeat=False,
@@ -392,12 +518,11 @@ def unlabeled_dataset(
             `False` keeps the order (one source) and center-crops.
         return_paths: yield `(images, paths)` instead of `images`, e.g. to
             match predictions with files (skipped files have no row).
-        image_size, batch_size, seed, crop_fraction, keep_aspect_ratio,
-        dtype, skipped: as in `labeled_dataset`.
+        image_size, batch_size, passes, seed, crop_fraction,
+        keep_aspect_ratio, dtype, skipped: as in `labeled_dataset`.
 
     Returns:
-        `tf.data.Dataset` of images `(B, S, S, 3)` (or `(images, paths)`),
-        with `.skipped`.
+        `tf.data.Dataset` of images `(B, S, S, 3)` (or `(images, paths)`).
 
     Example:
 
@@ -407,15 +532,15 @@ def unlabeled_dataset(
     >>> next(iter(ds)).shape
     TensorShape([8, 32, 32, 3])
     """
-    counter = skipped if skipped is not None else SkipCounter()
-    look = _look(image_size, crop_fraction, keep_aspect_ratio, dtype)
-    clock = PassClock(seed)
-    ds = _unlabeled(
-        sources, look, weights=weights, num_examples=num_examples, repeat=repeat, batch_size=batch_size,
-        training=training, clock=clock, deterministic=seed is not None or not training, counter=counter,
+    clock = pass_clock(passes, seed)
+    look = Look(image_size, crop_fraction, keep_aspect_ratio, dtype)
+    ds = unlabeled_elements(
+        sources, look_view(look, training), clock=clock, counter=skipped, training=training,
+        weights=weights, num_examples=num_examples, repeat=repeat,
     )
+    ds = ds.batch(batch_size, drop_remainder=training)
     ds = ds.map(lambda e: (e["image"], e["key"]) if return_paths else e["image"])
-    return _finish(ds, clock, counter)
+    return finish(ds, clock)
 
 
 def semi_supervised_dataset(
@@ -427,6 +552,7 @@ def semi_supervised_dataset(
     batch_size=32,
     unlabeled_ratio=1.0,
     unlabeled_weights=None,
+    passes=None,
     seed=None,
     crop_fraction=0.875,
     keep_aspect_ratio=False,
@@ -436,7 +562,8 @@ def semi_supervised_dataset(
     """Labeled and unlabeled batches zipped, for `SemiSupervisedDistiller.fit`.
 
     The labeled split defines the epoch (one shuffled pass); the unlabeled
-    stream repeats and is never exhausted. Both are training pipelines.
+    stream repeats and is never exhausted. Both are training pipelines and
+    follow one `PassClock`.
 
     Args:
         records: `LabeledRecords`.
@@ -446,13 +573,13 @@ def semi_supervised_dataset(
         unlabeled_ratio: unlabeled images per labeled image; the unlabeled
             batch size is `max(1, round(batch_size * unlabeled_ratio))`.
         unlabeled_weights: mixing weights of the unlabeled sources.
-        image_size, seed, crop_fraction, keep_aspect_ratio, dtype, skipped:
-            as in `labeled_dataset`; one `SkipCounter` serves both streams.
+        image_size, passes, seed, crop_fraction, keep_aspect_ratio, dtype,
+            skipped: as in `labeled_dataset`; one `SkipCounter` serves both streams.
 
     Returns:
         `tf.data.Dataset` of
-        `({"labeled_images": (B, S, S, 3), "unlabeled_images": (U, S, S, 3)}, distributions (B, num_bins))`,
-        with `.skipped`.
+        `({LABELED_IMAGES: (B, S, S, 3), UNLABELED_IMAGES: (U, S, S, 3)}, distributions (B, num_bins))`
+        (keys from `keras_cskd.keys`: `"labeled_images"`, `"unlabeled_images"`).
 
     Example:
 
@@ -464,19 +591,14 @@ def semi_supervised_dataset(
     >>> x["labeled_images"].shape[0], x["unlabeled_images"].shape[0], y.shape
     (4, 8, TensorShape([4, 10]))
     """
-    counter = skipped if skipped is not None else SkipCounter()
-    look = _look(image_size, crop_fraction, keep_aspect_ratio, dtype)
-    clock = PassClock(seed)
-    deterministic = seed is not None
-    labeled = _labeled(
-        records, split, look, batch_size=batch_size, training=True, clock=clock, deterministic=deterministic,
-        counter=counter,
+    clock = pass_clock(passes, seed)
+    look = Look(image_size, crop_fraction, keep_aspect_ratio, dtype)
+    images = unlabeled_elements(
+        unlabeled, look_view(look, True), clock=clock, counter=skipped, weights=unlabeled_weights, repeat=True
     )
-    unl = _unlabeled(
-        unlabeled, look, weights=unlabeled_weights, num_examples=None, repeat=True,
-        batch_size=max(1, int(round(batch_size * unlabeled_ratio))), training=True, clock=clock,
-        deterministic=deterministic, counter=counter,
+    images = images.map(lambda e: {UNLABELED_IMAGES: e["image"]})
+    ds = semi_supervised_batches(
+        records, split, images, look, batch_size=batch_size, unlabeled_ratio=unlabeled_ratio, clock=clock,
+        counter=skipped,
     )
-    ds = tf.data.Dataset.zip(labeled, unl.map(lambda e: e["image"]))
-    ds = ds.map(lambda l, u: ({"labeled_images": l[0], "unlabeled_images": u}, l[1]))
-    return _finish(keep_cardinality(ds, labeled), clock, counter)
+    return finish(ds, clock)

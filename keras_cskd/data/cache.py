@@ -6,13 +6,18 @@ only depend on the model's weights, the image file and the view of the image
 (how it is cropped), so they can be computed once and read back:
 
 >>> cache = FrozenOutputCache(clip, "cache/", image_size=224)        # doctest: +SKIP
->>> aligner.fit(cache.dataset(world.unlabeled_dir, batch_size=32), epochs=10)  # doctest: +SKIP
+>>> clock = PassClock(seed=0)                                         # doctest: +SKIP
+>>> ds = cache.dataset(world.unlabeled_dir, batch_size=32, passes=clock)  # doctest: +SKIP
+>>> aligner.fit(ds, epochs=10, callbacks=[PassesFollowEpochs(clock)])    # doctest: +SKIP
 
 `cache.dataset` computes whatever is missing first (`cache.compute`), then
 yields `(images, cached_outputs)`, which `CLIPFeatureAligner.fit` takes as
 `(x, clip_embeddings)`; `cache.semi_supervised_dataset` yields the
-`{"labeled_images", "unlabeled_images", "pseudo_labels"}` batches that
-`SemiSupervisedDistiller` reads instead of running its teacher.
+`{LABELED_IMAGES, UNLABELED_IMAGES, PSEUDO_LABELS}` batches (`keras_cskd.keys`)
+that `SemiSupervisedDistiller` reads instead of running its teacher. Both are
+the pipelines of `keras_cskd.data.pipelines` with the cached outputs joined to
+the images: the same decoding, crops, passes (`passes=`/`seed=`) and skip
+accounting.
 
 Keys and invalidation. Entries live under
 `<directory>/<fingerprint>/<look>/<view>/`: `fingerprint(model)` hashes the
@@ -36,9 +41,9 @@ the cache itself trusts only the shard files. A run that dies half-way
 resumes with the shards it finished.
 
 Augmented views. With `views=k`, view `i` of a file is the pipeline's
-random crop and flip drawn from a seed made of a hash of the file's path and
-`i` (stateless ops), so it is the same image whenever and wherever it is
-made; `cache.dataset(training=True)` picks one of the `k` cached views per
+random crop and flip (`crop_resize`) drawn from a seed made of a hash of the
+file's path and `i` (stateless ops), so it is the same image whenever and
+wherever it is made; `cache.dataset(training=True)` picks one of the `k` cached views per
 image and step, and yields that view's pixels with its outputs.
 
 Images are decoded by the data layer (`keras_cskd.data`): unreadable files
@@ -48,6 +53,7 @@ entry, and never reach training.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -58,11 +64,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_cskd.data.images import SkipCounter, file_image_stream
-from keras_cskd.data.passes import PassClock, keep_cardinality
-from keras_cskd.data.pipelines import _as_sources, _crop_resize, _finish, _labeled, _look
+from keras_cskd.data.images import SkipCounter
+from keras_cskd.data.passes import pass_clock
+from keras_cskd.data.pipelines import (
+    ImageFiles,
+    Look,
+    as_sources,
+    crop_resize,
+    finish,
+    semi_supervised_batches,
+    unlabeled_elements,
+)
+from keras_cskd.keys import PSEUDO_LABELS, UNLABELED_IMAGES
 
-AUTOTUNE = tf.data.AUTOTUNE
 FORMAT_VERSION = 1
 
 
@@ -168,7 +182,7 @@ class FrozenOutputCache:
     3
     >>> cache.compute(world.unlabeled_dir)["computed_shards"]
     0
-    >>> images, outputs = next(iter(cache.dataset(world.unlabeled_dir, batch_size=5)))
+    >>> images, outputs = next(iter(cache.dataset(world.unlabeled_dir, batch_size=5, seed=0)))
     >>> tuple(images.shape), tuple(outputs.shape)
     ((5, 32, 32, 3), (5, 3))
     """
@@ -192,15 +206,16 @@ class FrozenOutputCache:
             raise ValueError(f"views must be None or a positive int, got {views}")
         self.model = model
         self.directory = os.path.abspath(os.fspath(directory))
-        self.look = _look(image_size, crop_fraction, keep_aspect_ratio, dtype)
+        self.look = Look(image_size, crop_fraction, keep_aspect_ratio, dtype)
         self.views = None if views is None else int(views)
         self.seed = int(seed)
         self.shard_size = int(shard_size)
         self.batch_size = int(batch_size)
         self.skipped = skipped if skipped is not None else SkipCounter()
         self.fingerprint = fingerprint(model)
-        h, w = self.look["image_size"]
-        look_tag = f"{h}x{w}-crop{crop_fraction:g}-{'square' if keep_aspect_ratio else 'squash'}-{dtype}"
+        h, w = self.look.image_size
+        look = self.look
+        look_tag = f"{h}x{w}-crop{look.crop_fraction:g}-{'square' if look.keep_aspect_ratio else 'squash'}-{look.dtype}"
         self.root = os.path.join(self.directory, self.fingerprint[:32], look_tag)
 
     # === Views ===
@@ -217,14 +232,13 @@ class FrozenOutputCache:
 
     def _image(self, image, path, view):
         """The pixels of `view` of one decoded file."""
-        training = self.views is not None
-        return _crop_resize(image, _path_seed(path, view), training=training, **self.look)
+        return crop_resize(image, self.look, training=self.views is not None, seed=_path_seed(path, view))
 
     # === Files ===
 
     def _files(self, sources):
         paths = []
-        for source in _as_sources(sources):
+        for source in as_sources(sources):
             if not hasattr(source, "paths"):
                 raise ValueError("FrozenOutputCache keys entries by image file; give folders, list files or paths")
             paths.extend(os.path.abspath(p) for p in source.paths)
@@ -264,17 +278,18 @@ class FrozenOutputCache:
 
     def _compute_shard(self, view, entries):
         files = [e[0] for e in entries]
-        ds = file_image_stream(files, deterministic=True, counter=self.skipped, name="cache")
-        ds = ds.map(
-            lambda e: (self._image(e["image"], e["key"], view), e["key"]),
-            num_parallel_calls=AUTOTUNE,
-            deterministic=True,
+
+        def fixed_view(element, seed):
+            return {**element, "image": self._image(element["image"], element["key"], view)}
+
+        ds = unlabeled_elements(
+            ImageFiles(files, name="cache"), fixed_view, clock=None, counter=self.skipped, training=False
         )
         ds = ds.batch(self.batch_size).prefetch(2)
         keys, outputs = [], []
-        for images, batch_keys in ds:
-            images = images.numpy()
-            outputs.append(self._predict(images if self.look["dtype"] == "float32" else images.astype("float32")))
+        for batch in ds:
+            images, batch_keys = batch["image"].numpy(), batch["key"]
+            outputs.append(self._predict(images.astype("float32", copy=False)))
             keys.extend(k.decode() for k in batch_keys.numpy())
         position = {f: i for i, f in enumerate(files)}
         order = np.argsort([position[k] for k in keys], kind="stable")
@@ -300,7 +315,7 @@ class FrozenOutputCache:
             "format_version": FORMAT_VERSION,
             "fingerprint": self.fingerprint,
             "model": type(self.model).__name__,
-            "look": {k: list(v) if isinstance(v, tuple) else v for k, v in self.look.items()},
+            "look": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.look).items()},
             "view": self.view_tag(view),
             "shards": shards,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -382,25 +397,28 @@ class FrozenOutputCache:
 
     # === tf.data ===
 
-    def dataset(self, sources, *, batch_size=32, training=True, seed=None, repeat=False, compute=True):
+    def dataset(
+        self, sources, *, batch_size=32, training=True, passes=None, seed=None, repeat=False, compute=True,
+        skipped=None,
+    ):
         """Batches `(images, cached_outputs)` for `fit`, computing missing shards first.
 
         `training=True` shuffles the files each pass and drops the last partial
         batch; with `views=k` each image comes as one of its `k` cached
         augmented views, chosen at random per step. File order and views
-        follow `(seed, pass)` (see `keras_cskd.data.passes`; the dataset's
-        clock is `.passes`). `training=False` keeps the sorted file order and
-        every image (view 0).
+        follow `(seed, pass)` of the `PassClock` `passes` (or a new
+        `PassClock(seed)`; see `keras_cskd.data.passes`). `training=False`
+        keeps the sorted file order and every image (view 0).
         Images have the cache's look; outputs are float32 as the model returned them.
+        `skipped`: the `SkipCounter` of files unreadable now (default `self.skipped`).
         """
-        clock = PassClock(seed)
-        cached, ds = self._pairs(sources, clock, training=training, seed=seed, repeat=repeat, compute=compute)
-        ds = _finish(ds.batch(batch_size, drop_remainder=training), clock, self.skipped)
-        ds.cached = cached
-        return ds
+        clock = pass_clock(passes, seed)
+        ds = self._elements(sources, clock, skipped, training=training, repeat=repeat, compute=compute)
+        ds = ds.batch(batch_size, drop_remainder=training).map(lambda e: (e["image"], e["output"]))
+        return finish(ds, clock)
 
-    def _pairs(self, sources, clock, *, training, seed, repeat, compute, salt=0):
-        """(the cached outputs, a dataset of unbatched `(image, output)` pairs)."""
+    def _elements(self, sources, clock, skipped, *, training, repeat, compute):
+        """The unlabeled pipeline's elements over the cached files, each with its `"output"` for its view."""
         cached = self.load(sources, compute=compute)
         if not len(cached):
             raise ValueError("no readable image files to cache")
@@ -411,54 +429,39 @@ class FrozenOutputCache:
             default_value=-1,
         )
         outputs = tf.constant(cached.outputs)
-        deterministic = seed is not None or not training
-        ds = file_image_stream(
-            cached.paths, clock=clock if training else None, salt=salt, deterministic=deterministic,
-            keep_length=training, repeat=repeat, counter=self.skipped, name="cache",
-        )
         k = self.num_views
 
-        def attach(element, seed):
+        def cached_view(element, seed):
             view = tf.constant(0, tf.int64)
-            if training:
+            if seed is not None:  # training: one of the cached views
                 view = tf.random.stateless_uniform([], seed, maxval=k, dtype=tf.int64)
-            row = table.lookup(element["key"])
+            row = table.lookup(element["key"])  # every file streamed is a cached one
             image = self._image(element["image"], element["key"], view)
-            return image, tf.gather_nd(outputs, tf.stack([tf.maximum(row, 0), view])), row
+            return {**element, "image": image, "output": tf.gather_nd(outputs, tf.stack([row, view]))}
 
-        if training:
-            ds = tf.data.Dataset.zip(ds, clock.element_seeds(salt + 1))
-            ds = ds.map(attach, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-        else:
-            ds = ds.map(lambda e: attach(e, None), num_parallel_calls=AUTOTUNE, deterministic=True)
-
-        def has_row(image, target, row):
-            return row >= 0
-
-        def drop_row(image, target, row):
-            return image, target
-
-        return cached, ds.filter(has_row).map(drop_row)
+        return unlabeled_elements(
+            ImageFiles(cached.paths, name="cache"), cached_view, clock=clock,
+            counter=self.skipped if skipped is None else skipped, training=training, repeat=repeat,
+        )
 
     def semi_supervised_dataset(
-        self, records, unlabeled, split="train", *, batch_size=32, unlabeled_ratio=1.0, seed=None, compute=True
+        self, records, unlabeled, split="train", *, batch_size=32, unlabeled_ratio=1.0, passes=None, seed=None,
+        compute=True, skipped=None,
     ):
-        """`({"labeled_images", "unlabeled_images", "pseudo_labels"}, distributions)` for `SemiSupervisedDistiller`.
+        """`({LABELED_IMAGES, UNLABELED_IMAGES, PSEUDO_LABELS}, distributions)` for `SemiSupervisedDistiller`.
 
-        The labeled side is `keras_cskd.data.labeled_dataset(records, split,
-        training=True)` with the cache's look; the unlabeled side is
-        `self.dataset(unlabeled, training=True, repeat=True)` with the cached
-        teacher outputs as pseudo-labels, so the distiller needs no teacher.
-        Both follow one `PassClock` (`.passes`).
+        `keras_cskd.data.semi_supervised_dataset` with the cache's look, whose
+        unlabeled side is `self.dataset(unlabeled, training=True, repeat=True)`:
+        the cached teacher outputs come as pseudo-labels, so the distiller
+        needs no teacher. Both sides follow one `PassClock` (`passes`, or a
+        new `PassClock(seed)`).
         """
-        clock = PassClock(seed)
-        labeled = _labeled(
-            records, split, self.look, batch_size=batch_size, training=True, clock=clock,
-            deterministic=seed is not None, counter=self.skipped,
+        clock = pass_clock(passes, seed)
+        counter = self.skipped if skipped is None else skipped
+        images = self._elements(unlabeled, clock, counter, training=True, repeat=True, compute=compute)
+        images = images.map(lambda e: {UNLABELED_IMAGES: e["image"], PSEUDO_LABELS: e["output"]})
+        ds = semi_supervised_batches(
+            records, split, images, self.look, batch_size=batch_size, unlabeled_ratio=unlabeled_ratio, clock=clock,
+            counter=counter,
         )
-        _, unl = self._pairs(unlabeled, clock, training=True, seed=seed, repeat=True, compute=compute, salt=10)
-        unl = unl.batch(max(1, int(round(batch_size * unlabeled_ratio))), drop_remainder=True)
-        ds = tf.data.Dataset.zip(labeled, unl).map(
-            lambda l, u: ({"labeled_images": l[0], "unlabeled_images": u[0], "pseudo_labels": u[1]}, l[1])
-        )
-        return _finish(keep_cardinality(ds, labeled), clock, self.skipped)
+        return finish(ds, clock)
