@@ -2,7 +2,9 @@
 
 `keras_cskd.data.semi_supervised_dataset` (and the frozen-output cache) yield
 `({LABELED_IMAGES: ..., UNLABELED_IMAGES: ...[, PSEUDO_LABELS: ...]}, y)`,
-which `keras_cskd.models.SemiSupervisedDistiller` reads. Both sides import the
+which `keras_cskd.models.SemiSupervisedDistiller` reads;
+`unlabeled_dataset(..., clip_view_size=S)` yields `{IMAGES: ..., CLIP_IMAGES: ...}`,
+which `keras_cskd.models.CLIPFeatureAligner` reads (the learners' view and CLIP's). Both sides import the
 names from here. This module imports nothing, so a model file can import it
 without pulling in TensorFlow or the data layer.
 
@@ -15,3 +17,5 @@ Example:
 LABELED_IMAGES = "labeled_images"
 UNLABELED_IMAGES = "unlabeled_images"
 PSEUDO_LABELS = "pseudo_labels"
+IMAGES = "images"
+CLIP_IMAGES = "clip_images"

@@ -33,6 +33,7 @@ from keras_cskd.data.cache import CachedOutputs, FrozenOutputCache, fingerprint
 from keras_cskd.data.images import IMAGE_EXTENSIONS, SkipCounter, decode_image, list_images
 from keras_cskd.data.passes import PassClock
 from keras_cskd.data.pipelines import (
+    clip_view,
     ImageFiles,
     Look,
     TFDSImages,
@@ -60,6 +61,7 @@ __all__ = [
     "as_sources",
     "crop_resize",
     "decode_image",
+    "clip_view",
     "evaluation_view",
     "fingerprint",
     "labeled_dataset",

@@ -67,6 +67,7 @@ import tensorflow as tf
 from keras_cskd.data.images import SkipCounter
 from keras_cskd.data.passes import pass_clock
 from keras_cskd.data.pipelines import (
+    clip_view,
     ImageFiles,
     Look,
     as_sources,
@@ -166,6 +167,11 @@ class FrozenOutputCache:
             images, as in `keras_cskd.data.unlabeled_dataset`.
         views: `None` for the unaugmented (center-crop) view; an int `k`
             for `k` fixed augmented views (random crop and flip) per image.
+        model_view_size: the model sees CLIP's view of each file at this
+            size (`keras_cskd.data.clip_view`, e.g. `teacher.view_size`), one
+            output per file, while the images the datasets yield keep the
+            cache's look (randomly cropped and flipped when training). Use it
+            for a `CLIPImageTeacher`; not with `views`.
         seed: which augmented views (only with `views`).
         shard_size: files per shard (the unit of resumption).
         batch_size: images per model call while computing.
@@ -201,9 +207,13 @@ class FrozenOutputCache:
         shard_size=1024,
         batch_size=64,
         skipped=None,
+        model_view_size=None,
     ):
         if views is not None and int(views) < 1:
             raise ValueError(f"views must be None or a positive int, got {views}")
+        if views is not None and model_view_size:
+            raise ValueError("model_view_size gives one output per file (CLIP's view); it does not take views")
+        self.model_view_size = int(model_view_size) if model_view_size else None
         self.model = model
         self.directory = os.path.abspath(os.fspath(directory))
         self.look = Look(image_size, crop_fraction, keep_aspect_ratio, dtype)
@@ -225,6 +235,8 @@ class FrozenOutputCache:
         return 1 if self.views is None else self.views
 
     def view_tag(self, view):
+        if self.model_view_size:
+            return f"clip{self.model_view_size}"
         return "center" if self.views is None else f"aug{self.seed}-{view}"
 
     def _view_seed(self, view):
@@ -233,6 +245,12 @@ class FrozenOutputCache:
     def _image(self, image, path, view):
         """The pixels of `view` of one decoded file."""
         return crop_resize(image, self.look, training=self.views is not None, seed=_path_seed(path, view))
+
+    def _model_input(self, image, path, view):
+        """What the model sees of `view` of one decoded file."""
+        if self.model_view_size:
+            return clip_view(image, self.model_view_size)
+        return self._image(image, path, view)
 
     # === Files ===
 
@@ -280,7 +298,7 @@ class FrozenOutputCache:
         files = [e[0] for e in entries]
 
         def fixed_view(element, seed):
-            return {**element, "image": self._image(element["image"], element["key"], view)}
+            return {**element, "image": self._model_input(element["image"], element["key"], view)}
 
         ds = unlabeled_elements(
             ImageFiles(files, name="cache"), fixed_view, clock=None, counter=self.skipped, training=False
@@ -436,7 +454,10 @@ class FrozenOutputCache:
             if seed is not None:  # training: one of the cached views
                 view = tf.random.stateless_uniform([], seed, maxval=k, dtype=tf.int64)
             row = table.lookup(element["key"])  # every file streamed is a cached one
-            image = self._image(element["image"], element["key"], view)
+            if self.model_view_size:  # one output per file; the images keep the pipelines' augmentation
+                image = crop_resize(element["image"], self.look, training=seed is not None, seed=seed)
+            else:
+                image = self._image(element["image"], element["key"], view)
             return {**element, "image": image, "output": tf.gather_nd(outputs, tf.stack([row, view]))}
 
         return unlabeled_elements(

@@ -61,7 +61,7 @@ import tensorflow as tf
 
 from keras_cskd.data.images import decode_image, file_image_stream, is_image_file, list_images
 from keras_cskd.data.passes import element_seeds, first, keep_cardinality, pass_clock
-from keras_cskd.keys import LABELED_IMAGES, UNLABELED_IMAGES
+from keras_cskd.keys import CLIP_IMAGES, IMAGES, LABELED_IMAGES, UNLABELED_IMAGES
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -298,6 +298,37 @@ def crop_resize(image, look, *, training=False, seed=None):
     return out
 
 
+def clip_view(image, size, interpolation="bicubic"):
+    """CLIP's view of one decoded (H, W, 3) image: float32 (size, size, 3), values 0..255.
+
+    As CLIP's own preprocessing (open_clip, Hugging Face): the shorter side
+    resized to `size` (the longer to `int(size * long / short)`), bicubic and
+    antialiased, then the center `size` x `size` crop (offsets rounded as
+    torchvision's `CenterCrop`). Against that reference computed with Pillow
+    on real photos of several aspect ratios, the pixels differ by about 0.3
+    of 255 on average at 224 px and under 1 at 32 px (JPEG decoders and
+    Pillow's uint8 rounding), and CLIP embeddings by a cosine of at least
+    0.999 (`tests/test_clip_view.py`). Whatever crop the learners train on, CLIP's
+    targets come from this view of the whole image.
+
+    Example:
+
+    >>> clip_view(tf.zeros([30, 60, 3], tf.uint8), 16).shape
+    TensorShape([16, 16, 3])
+    """
+    shape = tf.shape(image)
+    h, w = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
+    short = tf.minimum(h, w)
+    new_h = tf.maximum(tf.cast(tf.floor(size * h / short), tf.int32), size)
+    new_w = tf.maximum(tf.cast(tf.floor(size * w / short), tf.int32), size)
+    resized = tf.image.resize(tf.cast(image, tf.float32), [new_h, new_w], method=interpolation, antialias=True)
+    top = tf.cast(tf.round(tf.cast(new_h - size, tf.float32) / 2.0), tf.int32)  # half to even, as Python's round
+    left = tf.cast(tf.round(tf.cast(new_w - size, tf.float32) / 2.0), tf.int32)
+    out = tf.clip_by_value(resized[top : top + size, left : left + size], 0.0, 255.0)
+    out.set_shape([size, size, 3])
+    return out
+
+
 def evaluation_view(image, image_size, crop_fraction=0.875, keep_aspect_ratio=False, dtype="float32"):
     """The evaluation transform of one decoded (H, W, 3) image: center crop, resize.
 
@@ -309,11 +340,18 @@ def evaluation_view(image, image_size, crop_fraction=0.875, keep_aspect_ratio=Fa
 # === Stages ===
 
 
-def look_view(look, training):
-    """The pipelines' view of a decoded element, `view(element, seed)`: its image through `crop_resize`."""
+def look_view(look, training, clip_view_size=None):
+    """The pipelines' view of a decoded element, `view(element, seed)`: its image through `crop_resize`.
+
+    With `clip_view_size`, the element also gets `"clip_image"`, CLIP's view
+    (`clip_view`) of the same decoded image.
+    """
 
     def view(element, seed):
-        return {**element, "image": crop_resize(element["image"], look, training=training, seed=seed)}
+        viewed = {**element, "image": crop_resize(element["image"], look, training=training, seed=seed)}
+        if clip_view_size:
+            viewed["clip_image"] = clip_view(element["image"], clip_view_size)
+        return viewed
 
     return view
 
@@ -499,6 +537,7 @@ def unlabeled_dataset(
     keep_aspect_ratio=False,
     dtype="uint8",
     skipped=None,
+    clip_view_size=None,
 ):
     """Batches of images (no labels) from one or several sources, for `CLIPFeatureAligner.fit`.
 
@@ -518,11 +557,17 @@ def unlabeled_dataset(
             `False` keeps the order (one source) and center-crops.
         return_paths: yield `(images, paths)` instead of `images`, e.g. to
             match predictions with files (skipped files have no row).
+        clip_view_size: also yield CLIP's view of each image at this size
+            (`clip_view`; `CLIPImageTeacher.view_size`): batches are then
+            `{"images": (B, S, S, 3), "clip_images": (B, C, C, 3) float32}`,
+            which `CLIPFeatureAligner.fit` reads (learners on the first, the
+            frozen CLIP on the second).
         image_size, batch_size, passes, seed, crop_fraction,
         keep_aspect_ratio, dtype, skipped: as in `labeled_dataset`.
 
     Returns:
-        `tf.data.Dataset` of images `(B, S, S, 3)` (or `(images, paths)`).
+        `tf.data.Dataset` of images `(B, S, S, 3)` (or `(images, paths)`, or
+        the dict above).
 
     Example:
 
@@ -535,11 +580,14 @@ def unlabeled_dataset(
     clock = pass_clock(passes, seed)
     look = Look(image_size, crop_fraction, keep_aspect_ratio, dtype)
     ds = unlabeled_elements(
-        sources, look_view(look, training), clock=clock, counter=skipped, training=training,
+        sources, look_view(look, training, clip_view_size), clock=clock, counter=skipped, training=training,
         weights=weights, num_examples=num_examples, repeat=repeat,
     )
     ds = ds.batch(batch_size, drop_remainder=training)
-    ds = ds.map(lambda e: (e["image"], e["key"]) if return_paths else e["image"])
+    if clip_view_size:
+        ds = ds.map(lambda e: {IMAGES: e["image"], CLIP_IMAGES: e["clip_image"]})
+    else:
+        ds = ds.map(lambda e: (e["image"], e["key"]) if return_paths else e["image"])
     return finish(ds, clock)
 
 

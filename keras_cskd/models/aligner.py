@@ -4,6 +4,8 @@ import keras
 from keras import ops
 
 from keras_cskd import backbones
+from keras_cskd.keys import CLIP_IMAGES
+from keras_cskd.keys import IMAGES
 from keras_cskd.layers import ProjectionHead
 from keras_cskd.losses import CosineAlignmentLoss
 from keras_cskd.losses import unscaled_for_logging
@@ -58,9 +60,12 @@ class CLIPFeatureAligner(SubclassedModel):
 
     Each learner gets a `ProjectionHead` sized to the CLIP embedding and is
     trained with `1 - cos(learner(x), clip(x))`. CLIP runs once per batch, with
-    `training=False`, and never changes. `fit` takes unlabeled images (x only),
-    or `(images, clip_embeddings)` when the embeddings were computed before
-    (a cache). The logs hold the total `loss` and one `<name>_loss` per learner.
+    `training=False`, and never changes. `fit` takes unlabeled images (x only);
+    or `{"images": x, "clip_images": x_clip}`, where CLIP sees its own view of
+    each image (`keras_cskd.data.unlabeled_dataset(..., clip_view_size=...)`)
+    and the learners theirs; or `(images, clip_embeddings)` when the
+    embeddings were computed before (a cache). The logs hold the total `loss`
+    and one `<name>_loss` per learner.
 
     Args:
         teacher: a `CLIPImageTeacher` (or any frozen model images -> embedding).
@@ -115,6 +120,8 @@ class CLIPFeatureAligner(SubclassedModel):
         return dict(zip(self.learner_names, self.learner_models))
 
     def call(self, images, training=None):
+        if isinstance(images, dict):
+            images = images[IMAGES]
         return {
             name: learner(images, training=training)
             for name, learner in zip(self.learner_names, self.learner_models)
@@ -128,7 +135,7 @@ class CLIPFeatureAligner(SubclassedModel):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if y is None:
-            y = self.teacher(x, training=False)
+            y = self.teacher(x[CLIP_IMAGES] if isinstance(x, dict) else x, training=False)
         target = ops.stop_gradient(ops.convert_to_tensor(y))  # y may be numpy (train_on_batch)
         total = 0.0
         for name, tracker in zip(self.learner_names, self.loss_trackers):

@@ -3,15 +3,15 @@
 import keras
 from keras import ops
 
+from keras_cskd.keys import LABELED_IMAGES
+from keras_cskd.keys import PSEUDO_LABELS
+from keras_cskd.keys import UNLABELED_IMAGES
 from keras_cskd.losses import EMDDistillation
 from keras_cskd.losses import EMDLoss
 from keras_cskd.losses import unscaled_for_logging
 from keras_cskd.models.base import SubclassedModel
 from keras_cskd.models.scorer import default_metrics
 
-LABELED = "labeled_images"
-UNLABELED = "unlabeled_images"
-PSEUDO_LABELS = "pseudo_labels"
 
 
 @keras.saving.register_keras_serializable(package="keras_cskd")
@@ -76,12 +76,12 @@ class SemiSupervisedDistiller(SubclassedModel):
     def call(self, inputs, training=None):
         if not isinstance(inputs, dict):
             return self.student(inputs, training=training)
-        labeled = inputs[LABELED]
-        if UNLABELED not in inputs:
+        labeled = inputs[LABELED_IMAGES]
+        if UNLABELED_IMAGES not in inputs:
             return {"labeled": self.student(labeled, training=training)}
         # One student pass over both batches: faster, and batch statistics
         # see labeled and unlabeled images together.
-        both = self.student(ops.concatenate([labeled, inputs[UNLABELED]], axis=0), training=training)
+        both = self.student(ops.concatenate([labeled, inputs[UNLABELED_IMAGES]], axis=0), training=training)
         num_labeled = ops.shape(labeled)[0]
         return {"labeled": both[:num_labeled], "unlabeled": both[num_labeled:]}
 
@@ -100,7 +100,7 @@ class SemiSupervisedDistiller(SubclassedModel):
             raise ValueError(
                 f"SemiSupervisedDistiller has no teacher: give {PSEUDO_LABELS!r} in the inputs."
             )
-        return ops.stop_gradient(self.teacher(x[UNLABELED], training=False))
+        return ops.stop_gradient(self.teacher(x[UNLABELED_IMAGES], training=False))
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         labeled_pred = y_pred["labeled"] if isinstance(y_pred, dict) else y_pred
