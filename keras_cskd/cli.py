@@ -75,9 +75,10 @@ def _predict(args):
     size = args.image_size or model.input_shape[1]
     if size is None:
         raise ValueError("the model takes any image size; give --image-size")
+    skipped = data.SkipCounter()
     dataset = data.unlabeled_dataset(
         data.ImageFiles(files), training=False, image_size=size, batch_size=args.batch_size,
-        return_paths=True, dtype="float32",
+        return_paths=True, dtype="float32", skipped=skipped,
     )
     values = np.arange(1, model.output_shape[-1] + 1, dtype="float32")
     values = np.asarray(getattr(model, "bin_values", None) or values, dtype="float32")
@@ -92,7 +93,6 @@ def _predict(args):
                 writer.writerow([path.decode(), f"{float(row @ values):.4f}"] + [f"{p:.5f}" for p in row])
             written += len(distribution)
             progress.update(written)
-    skipped = dataset.skipped
     if skipped.count:
         examples = ", ".join(path for path, _ in skipped.examples)
         print(f"warning: skipped {skipped.count} unreadable file(s), e.g. {examples}", file=sys.stderr)

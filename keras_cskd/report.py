@@ -10,8 +10,71 @@ import json
 import os
 
 import numpy as np
+from scipy import stats
 
 METRIC_COLUMNS = (("srcc", "SRCC"), ("plcc", "PLCC"), ("accuracy", "accuracy"), ("emd", "EMD"))
+# What a correlation of constant predictions is reported as, in metrics.json and the report.
+CONSTANT_PREDICTIONS = "n/a (constant predictions)"
+
+
+def is_constant(scores):
+    """True where predicted scores do not vary (a correlation with them means nothing).
+
+    Example:
+    >>> is_constant(np.full(5, 5.53)), is_constant(np.array([5.5, 5.6, 5.4]))
+    (True, False)
+    """
+    scores = np.asarray(scores, np.float64)
+    return bool(np.ptp(scores) <= 1e-6 * max(1.0, float(np.abs(scores).max())))
+
+
+def _srcc_rows(true, pred):
+    """SRCC of each row of `pred` (n_rows, n) against the same row of `true`."""
+    a, b = stats.rankdata(true, axis=-1), stats.rankdata(pred, axis=-1)
+    a, b = a - a.mean(-1, keepdims=True), b - b.mean(-1, keepdims=True)
+    return (a * b).sum(-1) / np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
+
+
+def bootstrap_srcc_difference(true, pred_a, pred_b, samples=2000, seed=0):
+    """SRCC(b) - SRCC(a) on the same images, with a 95% bootstrap interval over images.
+
+    Returns `(difference, low, high)`; the images are resampled with
+    replacement, both models scored on the same resample.
+
+    Example:
+    >>> rng = np.random.default_rng(0)
+    >>> true = rng.normal(size=300)
+    >>> diff, low, high = bootstrap_srcc_difference(true, true + rng.normal(size=300), true + 0.1 * rng.normal(size=300))
+    >>> low < diff < high and low > 0
+    True
+    """
+    true, pred_a, pred_b = (np.asarray(v, np.float64) for v in (true, pred_a, pred_b))
+    rows = np.random.default_rng(seed).integers(0, len(true), (samples, len(true)))
+    diffs = _srcc_rows(true[rows], pred_b[rows]) - _srcc_rows(true[rows], pred_a[rows])
+    point = float(stats.spearmanr(true, pred_b)[0] - stats.spearmanr(true, pred_a)[0])
+    low, high = np.nanpercentile(diffs, [2.5, 97.5])
+    return point, float(low), float(high)
+
+
+def paired_difference(a, b):
+    """Mean of `b - a` over paired runs (seeds), its 95% t interval, and how many pairs agree in sign.
+
+    Returns a dict `{mean, low, high, agree, n}`.
+
+    Example:
+    >>> paired_difference([0.40, 0.42, 0.45], [0.45, 0.46, 0.47])["agree"]
+    3
+    """
+    d = np.asarray(b, np.float64) - np.asarray(a, np.float64)
+    n = len(d)
+    half = float(stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    mean = float(d.mean())
+    agree = int((np.sign(d) == np.sign(mean)).sum()) if mean != 0 else 0
+    return {"mean": mean, "low": mean - half, "high": mean + half, "agree": agree, "n": n}
+
+
+def _cell(value):
+    return value if isinstance(value, str) else f"{value:.3f}"
 
 
 def table(results):
@@ -26,7 +89,7 @@ def table(results):
     lines = ["| model | " + " | ".join(t for _, t in METRIC_COLUMNS) + " |"]
     lines.append("| --- " * (len(METRIC_COLUMNS) + 1) + "|")
     for name, values in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{values[k]:.3f}" for k, _ in METRIC_COLUMNS) + " |")
+        lines.append(f"| {name} | " + " | ".join(_cell(values[k]) for k, _ in METRIC_COLUMNS) + " |")
     return "\n".join(lines)
 
 
@@ -96,11 +159,14 @@ def plot_scores(mean_scores, path_scatter, path_hist):
     plt.close(fig)
 
 
-def write(out_dir, results, mean_scores, phases):
-    """Write `report.md` and `plots/*.png` for a run; returns the report path."""
+def write(out_dir, results, mean_scores, phases, notes=()):
+    """Write `report.md` and `plots/*.png` for a run; returns the report path.
+
+    `notes` are lines printed under the metric table (e.g. the CSKD gain).
+    """
     plots = os.path.join(out_dir, "plots")
     os.makedirs(plots, exist_ok=True)
-    sections = ["# CSKD run report", "", "## Test metrics", "", table(results), ""]
+    sections = ["# CSKD run report", "", "## Test metrics", "", table(results), "", *notes, ""]
     world = os.path.join(out_dir, "world", "world.json")
     if os.path.exists(world):
         with open(world) as file:

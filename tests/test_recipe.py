@@ -23,6 +23,9 @@ def tiny_config(**train):
     config.data.synthetic_labeled = 48
     config.data.synthetic_unlabeled = 32
     config.data.image_size = 32
+    config.data.synthetic_test_fraction = 0.25
+    config.model.stand_in_clip_images = 64
+    config.model.stand_in_clip_epochs = 1
     config.data.batch_size = 8
     config.model.projection_hidden_dim = 16
     config.train.align_epochs = 1
@@ -58,9 +61,13 @@ def test_example_configs_parse(name):
 def test_whole_recipe_writes_every_artifact_and_skips_finished_phases(tmp_path):
     out = str(tmp_path / "run")
     results = recipe.run(tiny_config(), out, log=lambda *_: None)
+    gain = results.pop("cskd_gain_over_labels_only")
+    assert gain["ci95"][0] <= gain["srcc_difference"] <= gain["ci95"][1]
+    assert gain["test_images"] == 12
     assert set(results) == {"teacher", "student (labels only)", "student (CSKD)"}
     for values in results.values():
         assert set(values) == {"srcc", "plcc", "accuracy", "emd"}
+    results["cskd_gain_over_labels_only"] = gain
     for phase, model in [("align", "aligner"), ("teacher", "teacher"), ("baseline", "student_labels_only"),
                          ("distill", "student")]:
         assert os.path.exists(os.path.join(out, phase, f"{model}.keras"))
@@ -68,7 +75,8 @@ def test_whole_recipe_writes_every_artifact_and_skips_finished_phases(tmp_path):
         assert os.listdir(os.path.join(out, phase, "logs"))  # TensorBoard
     assert json.load(open(os.path.join(out, "evaluate", "metrics.json"))) == results
     assert json.load(open(os.path.join(out, "versions.json")))["backend"] == keras.backend.backend()
-    assert "| student (CSKD) |" in open(os.path.join(out, "report.md")).read()
+    report_text = open(os.path.join(out, "report.md")).read()
+    assert "| student (CSKD) |" in report_text and "95% bootstrap interval" in report_text
     for png in ("scatter.png", "score_histogram.png", "align_curves.png", "distill_curves.png"):
         assert open(os.path.join(out, "plots", png), "rb").read(4) == b"\x89PNG"
     student = keras.saving.load_model(os.path.join(out, "distill", "student.keras"))
@@ -277,11 +285,13 @@ def test_resumed_phase_trains_exactly_as_an_uninterrupted_one(tmp_path):
         teacher = AestheticScorer(tiny.conv_backbone(), dropout=0.5)
         distiller = SemiSupervisedDistiller(teacher, AestheticScorer(tiny.conv_backbone(), dropout=0.5))
         distiller.compile(optimizer=keras.optimizers.Adam(1e-2))
+        clock = data.PassClock(seed=3)
         dataset = data.semi_supervised_dataset(
-            records, [world.unlabeled_dir, world.unlabeled_dir], image_size=tiny.IMAGE_SIZE, batch_size=4, seed=3
+            records, [world.unlabeled_dir, world.unlabeled_dir], image_size=tiny.IMAGE_SIZE, batch_size=4,
+            passes=clock,
         )
         phase = recipe.Phase(str(tmp_path / folder), "distill", log=lambda *_: None)
-        phase.train(distiller, dataset, epochs=2, callbacks=callbacks)
+        phase.train(distiller, dataset, epochs=2, callbacks=callbacks, passes=clock)
         return tiny.weights_of(distiller)
 
     whole = train("whole")

@@ -33,6 +33,14 @@ A perfect reader of the four attributes (predicting `z`) reaches SRCC about
 stores the value for its own images in `world.json` as `oracle_srcc`). No
 model can beat that on average; a model that reads the pixels well gets close.
 
+Caption words. `caption_words(attributes)` names what a caption of each
+scene would say, one word per attribute from a small vocabulary
+(`CAPTION_VOCABULARY`: exposure, sharpness, the two hues, their distance,
+the subject's cell on a 6 x 6 grid, its size): the signal a CLIP learns from.
+The words name visible attributes, never the qualities or the score; the
+offline stand-in CLIP of the demo and the ablation
+(`keras_cskd.recipe.stand_in_clip`) is trained on them.
+
 Generation is vectorised numpy plus one JPEG encode per image: well over
 ten thousand 64x64 images per minute on one core.
 """
@@ -97,6 +105,52 @@ def sample_attributes(n, rng):
     a["q_composition"] = np.exp(-((r / 0.12) ** 2))
     a["z"] = sum(w * a[f"q_{k}"] for k, w in WEIGHTS.items())
     return a
+
+
+# === Caption words ===
+
+# What a caption of a rendered scene would name, each attribute in words from a small
+# vocabulary ("a dark photo", "slightly blurry", "a red disk on a teal background",
+# "colours a quarter turn apart", "subject at the upper left", "a small subject"):
+# (attribute, low, high, words). Position is named by the cell of a 6 x 6 grid.
+CAPTION_VOCABULARY = (
+    ("exposure", -1.0, 1.0, 8),
+    ("sharpness", 0.0, 1.0, 6),
+    ("hue", 0.0, 1.0, 12),
+    ("subject_hue", 0.0, 1.0, 12),
+    ("hue_distance", 0.0, 0.5, 8),
+    ("position", 0.0, 1.0, 36),
+    ("radius", 0.1, 0.18, 3),
+)
+
+
+def _word(values, low, high, count):
+    return np.clip(((values - low) / (high - low) * count).astype(int), 0, count - 1)
+
+
+def caption_words(a):
+    """Multi-hot caption words `(n, 85)` of attributes from `sample_attributes`.
+
+    Each attribute is named by one word of its group in `CAPTION_VOCABULARY`:
+    the kind of description a CLIP learns from. Words name what is visible,
+    never the qualities or the score.
+
+    Example:
+
+    >>> words = caption_words(sample_attributes(4, np.random.default_rng(0)))
+    >>> words.shape, words.sum(axis=1).tolist()
+    ((4, 85), [7.0, 7.0, 7.0, 7.0])
+    """
+    cells = _word(a["cy"], 0.0, 1.0, 6) * 6 + _word(a["cx"], 0.0, 1.0, 6)
+    values = {**a, "subject_hue": (a["hue"] + a["hue_distance"]) % 1.0}
+    n = len(a["z"])
+    words = np.zeros((n, sum(count for *_, count in CAPTION_VOCABULARY)), "float32")
+    offset = 0
+    for name, low, high, count in CAPTION_VOCABULARY:
+        index = cells if name == "position" else _word(values[name], low, high, count)
+        words[np.arange(n), offset + index] = 1.0
+        offset += count
+    return words
 
 
 def render(a, size, rng):

@@ -25,16 +25,21 @@ class DataConfig:
     test_list: str = _field("", "official AVA test list file; empty uses a seeded split")
     unlabeled: list = _field([], "unlabeled sources: folders, list files or 'tfds:name/split'; empty uses the synthetic pool")
     unlabeled_weights: list = _field([], "mixing weight per unlabeled source; empty weights by size")
-    synthetic_labeled: int = _field(400, "labeled images in the synthetic world")
-    synthetic_unlabeled: int = _field(400, "unlabeled images in the synthetic world")
-    image_size: int = _field(64, "training and evaluation image size (pixels)")
+    synthetic_labeled: int = _field(600, "labeled images in the synthetic world (test split included)")
+    synthetic_unlabeled: int = _field(2400, "unlabeled images in the synthetic world")
+    synthetic_test_fraction: float = _field(0.5, "of the synthetic world's labeled images, the test split")
+    image_size: int = _field(32, "training and evaluation image size (pixels)")
     batch_size: int = _field(32, "labeled (and alignment) batch size")
     unlabeled_ratio: float = _field(1.0, "unlabeled images per labeled image in a distillation batch")
 
 
 @dataclasses.dataclass
 class ModelConfig:
-    clip_preset: str = _field("", "KerasHub CLIP preset (hub name or local dir); empty builds a small random CLIP")
+    clip_preset: str = _field(
+        "", "KerasHub CLIP preset (hub name or local dir); empty: the stand-in CLIP on the synthetic world, else a small random one"
+    )
+    stand_in_clip_images: int = _field(2000, "scenes the synthetic world's stand-in CLIP learns caption words from")
+    stand_in_clip_epochs: int = _field(8, "training epochs of the stand-in CLIP")
     teacher_backbone: str = _field("small_vit", "teacher: 'small_vit', 'small_cnn', a keras.applications name or a KerasHub preset")
     student_backbone: str = _field("small_cnn", "student: same choices as teacher_backbone")
     pretrained: bool = _field(False, "load pretrained weights for hub / keras.applications backbones (needs the hub)")

@@ -1,10 +1,14 @@
 """The recipe's models from a config: small offline demo models or named backbones."""
 
+import os
+
 import keras
+import numpy as np
 
 from keras_cskd import backbones
 from keras_cskd.clip import CLIPImageTeacher
 from keras_cskd.recipe.config import ConfigError
+from keras_cskd.recipe.phase import save_atomically
 
 
 def small_clip(image_size, seed=0):
@@ -21,6 +25,55 @@ def small_clip(image_size, seed=0):
         intermediate_dim=128, max_sequence_length=16,
     )
     return keras_hub.models.CLIPBackbone(vision, text, projection_dim=64)
+
+
+def stand_in_clip(image_size, seed=0, num_images=2000, epochs=8, path=None):
+    """A small KerasHub CLIP trained offline to name what the synthetic world shows.
+
+    No pretrained CLIP is reachable offline, and a random one carries nothing.
+    This stand-in's vision tower (+ projection, L2-normalized) learns, with a
+    sigmoid readout, the caption words (`synthetic.caption_words`) of
+    `num_images` scenes rendered apart from any world's files: what captions
+    naming the visible attributes would teach a CLIP. It never sees scores,
+    votes or qualities. With `path`, the trained teacher is saved there and
+    loaded from there next time.
+
+    Returns:
+        A frozen `CLIPImageTeacher` for `image_size` images.
+    """
+    import keras_hub
+
+    from keras_cskd.data import synthetic
+
+    if path and os.path.exists(path):
+        return keras.saving.load_model(path)
+    rng = np.random.default_rng(seed + 12345)
+    attributes = synthetic.sample_attributes(num_images, rng)
+    images = synthetic.render(attributes, image_size, rng).astype("float32")
+    words = synthetic.caption_words(attributes)
+    keras.utils.set_random_seed(seed + 12345)
+    vision = keras_hub.models.CLIPVisionEncoder(
+        patch_size=max(image_size // 8, 1), hidden_dim=64, num_layers=3, num_heads=4, intermediate_dim=128,
+        image_shape=(image_size, image_size, 3),
+    )
+    text = keras_hub.models.CLIPTextEncoder(
+        vocabulary_size=64, embedding_dim=16, hidden_dim=16, num_layers=1, num_heads=2, intermediate_dim=32,
+        max_sequence_length=8,
+    )
+    teacher = CLIPImageTeacher.from_backbone(
+        keras_hub.models.CLIPBackbone(vision, text, projection_dim=64), image_size=image_size
+    )
+    teacher.trainable = True
+    inputs = keras.Input((image_size, image_size, 3))
+    # Unit-norm embeddings times a temperature, then one logit per word (CLIP's scaled cosine).
+    logits = keras.layers.Dense(words.shape[1])(keras.layers.Rescaling(10.0)(teacher(inputs)))
+    readout = keras.Model(inputs, logits)
+    readout.compile(optimizer=keras.optimizers.Adam(2e-3), loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    readout.fit(images, words, epochs=epochs, batch_size=64, verbose=0)
+    teacher.trainable = False
+    if path:
+        save_atomically(teacher, path)
+    return teacher
 
 
 def build_backbone(spec, image_size, pretrained=False):
@@ -55,12 +108,22 @@ def build_backbone(spec, image_size, pretrained=False):
         raise ConfigError(f"{error} (or use 'small_vit' / 'small_cnn')") from None
 
 
-def clip_teacher(config):
-    """The frozen CLIP of the align phase: `[model] clip_preset`, or `small_clip`."""
+def clip_teacher(config, out_dir):
+    """The frozen CLIP of the align phase.
+
+    `[model] clip_preset` if set; on the synthetic world the stand-in CLIP
+    (`stand_in_clip`, trained once into `out_dir/world/stand_in_clip.keras`);
+    otherwise `small_clip`, random (it carries nothing: give a preset).
+    """
     size = config.data.image_size
     if config.model.clip_preset:
         try:
-            return CLIPImageTeacher.from_preset(config.model.clip_preset, image_size=size)
+            return CLIPImageTeacher.from_preset(config.model.clip_preset)
         except ValueError as error:
             raise ConfigError(str(error)) from None
+    if not config.data.ava_root:
+        path = os.path.join(out_dir, "world", "stand_in_clip.keras")
+        return stand_in_clip(
+            size, config.train.seed, config.model.stand_in_clip_images, config.model.stand_in_clip_epochs, path=path
+        )
     return CLIPImageTeacher.from_backbone(small_clip(size, config.train.seed), image_size=size)

@@ -172,17 +172,18 @@ class Phase:
         with open(self.done_path) as file:
             return json.load(file)
 
-    def train(self, model, dataset, epochs, summary_keys=("loss",), callbacks=()):
+    def train(self, model, dataset, epochs, summary_keys=("loss",), callbacks=(), *, passes=None):
         """Fit `model` (resuming from a checkpoint), save it, mark the phase done.
 
         `callbacks` run after the phase's own (checkpoint, CSV and TensorBoard logs).
-        A `keras_cskd.data` dataset reads pass *epoch* in each epoch, so a
-        resumed phase sees the data an uninterrupted one would.
+        `passes` is the `PassClock` a `keras_cskd.data` dataset was built with
+        (`passes=`): it is pinned to the epoch, so a resumed phase reads pass
+        *epoch* in each epoch, the data an uninterrupted one would.
         """
         os.makedirs(self.dir, exist_ok=True)
         checkpoint = CheckpointEachEpoch(os.path.join(self.dir, "checkpoint"))
         callbacks = [
-            PassesFollowEpochs(dataset),
+            *([PassesFollowEpochs(passes)] if passes is not None else []),
             checkpoint,
             keras.callbacks.CSVLogger(os.path.join(self.dir, "history.csv"), append=True),
             keras.callbacks.TensorBoard(os.path.join(self.dir, "logs"), write_graph=False),

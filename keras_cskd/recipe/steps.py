@@ -61,7 +61,7 @@ def prepare_data(config, out_dir):
             shutil.rmtree(world_dir, ignore_errors=True)  # a generation that was killed
             data.synthetic.make_world(
                 world_dir, num_labeled=cfg.synthetic_labeled, num_unlabeled=cfg.synthetic_unlabeled,
-                image_size=cfg.image_size, seed=config.train.seed,
+                image_size=cfg.image_size, seed=config.train.seed, test_fraction=cfg.synthetic_test_fraction,
             )
         ava_root = os.path.join(world_dir, "ava")
         test_list = os.path.join(ava_root, "aesthetics_image_lists", "generic_test.jpgl")
@@ -73,10 +73,10 @@ def prepare_data(config, out_dir):
     return Datasets(records, unlabeled, list(cfg.unlabeled_weights) or None)
 
 
-def _labeled(config, datasets, split, training):
+def _labeled(config, datasets, split, training, passes=None):
     return data.labeled_dataset(
         datasets.records, split, image_size=config.data.image_size, batch_size=config.data.batch_size,
-        training=training, seed=config.train.seed,
+        training=training, passes=passes or data.PassClock(config.train.seed),
     )
 
 
@@ -115,8 +115,9 @@ class _Run:
 def _align(run, phase):
     config = run.config
     size = config.data.image_size
+    clip = clip_teacher(config, run.out_dir)
     aligner = CLIPFeatureAligner(
-        clip_teacher(config),
+        clip,
         {
             "teacher": build_backbone(config.model.teacher_backbone, size, config.model.pretrained),
             "student": build_backbone(config.model.student_backbone, size, config.model.pretrained),
@@ -124,11 +125,15 @@ def _align(run, phase):
         projection_hidden_dim=config.model.projection_hidden_dim,
     )
     run.compile(aligner)
+    clock = data.PassClock(config.train.seed)
+    # The learners see the pipeline's training crops; CLIP sees its own view of each whole image.
     dataset = data.unlabeled_dataset(
         run.datasets.unlabeled, weights=run.datasets.unlabeled_weights, image_size=size,
-        batch_size=config.data.batch_size, training=True, seed=config.train.seed,
+        batch_size=config.data.batch_size, training=True, passes=clock, clip_view_size=clip.view_size,
     )
-    return phase.train(aligner, dataset, config.train.align_epochs, ("teacher_loss", "student_loss"))
+    return phase.train(
+        aligner, dataset, config.train.align_epochs, ("teacher_loss", "student_loss"), passes=clock
+    )
 
 
 def _scorer(config, backbone, name):
@@ -137,16 +142,18 @@ def _scorer(config, backbone, name):
 
 def _teacher(run, phase, aligner):
     teacher = run.compile(_scorer(run.config, aligner.learners["teacher"].backbone, "teacher"))
-    dataset = _labeled(run.config, run.datasets, "train", True)
-    return phase.train(teacher, dataset, run.config.train.teacher_epochs, ("loss", "srcc", "plcc"))
+    clock = data.PassClock(run.config.train.seed)
+    dataset = _labeled(run.config, run.datasets, "train", True, passes=clock)
+    return phase.train(teacher, dataset, run.config.train.teacher_epochs, ("loss", "srcc", "plcc"), passes=clock)
 
 
 def _baseline(run, phase):
     config = run.config
     backbone = build_backbone(config.model.student_backbone, config.data.image_size, config.model.pretrained)
     student = run.compile(_scorer(config, backbone, "student_labels_only"))
-    dataset = _labeled(config, run.datasets, "train", True)
-    return phase.train(student, dataset, config.train.distill_epochs, ("loss", "srcc", "plcc"))
+    clock = data.PassClock(config.train.seed)
+    dataset = _labeled(config, run.datasets, "train", True, passes=clock)
+    return phase.train(student, dataset, config.train.distill_epochs, ("loss", "srcc", "plcc"), passes=clock)
 
 
 def _distill(run, phase, aligner, teacher):
@@ -154,13 +161,15 @@ def _distill(run, phase, aligner, teacher):
     student = _scorer(config, aligner.learners["student"].backbone, "student")
     distiller = SemiSupervisedDistiller(teacher, student, unlabeled_weight=config.train.unlabeled_weight)
     run.compile(distiller)
+    clock = data.PassClock(config.train.seed)
     dataset = data.semi_supervised_dataset(
         run.datasets.records, run.datasets.unlabeled, "train", image_size=config.data.image_size,
         batch_size=config.data.batch_size, unlabeled_ratio=config.data.unlabeled_ratio,
-        unlabeled_weights=run.datasets.unlabeled_weights, seed=config.train.seed,
+        unlabeled_weights=run.datasets.unlabeled_weights, passes=clock,
     )
     distiller = phase.train(
-        distiller, dataset, config.train.distill_epochs, ("supervised_loss", "distillation_loss", "srcc")
+        distiller, dataset, config.train.distill_epochs, ("supervised_loss", "distillation_loss", "srcc"),
+        passes=clock,
     )
     student_path = os.path.join(phase.dir, phase.spec.scorer_file)
     if not os.path.exists(student_path):
@@ -183,11 +192,19 @@ def predict_split(model, config, datasets, split="test"):
 
 
 def score_metrics(true, pred, num_bins=10):
-    """SRCC, PLCC, threshold accuracy and EMD of predicted distributions."""
+    """SRCC, PLCC, threshold accuracy and EMD of predicted distributions.
+
+    Correlations of constant predicted scores are `report.CONSTANT_PREDICTIONS`
+    ("n/a (constant predictions)"), not 0.
+    """
+    from keras_cskd import report
+
     result = {}
     for metric in (cskd_metrics.SRCC(), cskd_metrics.PLCC(), cskd_metrics.ThresholdAccuracy(), cskd_metrics.EMD()):
         metric.update_state(true, pred)
         result[metric.name] = float(metric.result())
+    if report.is_constant(pred @ np.asarray(bin_values_for(num_bins))):
+        result["srcc"] = result["plcc"] = report.CONSTANT_PREDICTIONS
     return result
 
 
@@ -207,18 +224,34 @@ def run_evaluate(config, out_dir, datasets, scorers, log=print):
     from keras_cskd import report
 
     results, predictions = {}, {}
+    bins = np.asarray(bin_values_for(config.model.num_bins))
     for name, scorer in scorers.items():
         true, pred = predict_split(scorer, config, datasets)
         results[name] = score_metrics(true, pred, config.model.num_bins)
-        predictions[name] = (true, pred)
+        predictions[name] = (true @ bins, pred @ bins)
+        if results[name]["srcc"] == report.CONSTANT_PREDICTIONS:
+            log(f"warning: {name} predicts the same score ({predictions[name][1][0]:.3f}) for every test image")
+    notes = []
+    baseline, cskd = phase_spec("baseline").report_name, phase_spec("distill").report_name
+    if baseline in predictions and cskd in predictions:
+        true = predictions[baseline][0]
+        diff, low, high = report.bootstrap_srcc_difference(true, predictions[baseline][1], predictions[cskd][1])
+        gain = {"srcc_difference": diff, "ci95": [low, high], "test_images": int(len(true))}
+        results["cskd_gain_over_labels_only"] = gain
+        notes.append(
+            f"{cskd} - {baseline}: SRCC {diff:+.3f} (95% bootstrap interval over the {len(true)} test images "
+            f"{low:+.3f} .. {high:+.3f})"
+        )
     eval_dir = os.path.join(out_dir, phase_spec("evaluate").folder)
     os.makedirs(eval_dir, exist_ok=True)
     with open(os.path.join(eval_dir, "metrics.json"), "w") as file:
         json.dump(results, file, indent=1)
-    bins = np.asarray(bin_values_for(config.model.num_bins))
     trained = [spec.folder for spec in PHASE_TABLE if spec.model_file]
-    report.write(out_dir, results, {n: (t @ bins, p @ bins) for n, (t, p) in predictions.items()}, trained)
-    log(report.table(results))
+    scores = {n: v for n, v in results.items() if n in predictions}
+    report.write(out_dir, scores, predictions, trained, notes)
+    log(report.table(scores))
+    for note in notes:
+        log(note)
     return results
 
 
