@@ -66,8 +66,14 @@ from keras_cskd.models import SemiSupervisedDistiller  # noqa: E402
 from keras_cskd.recipe import stand_in_clip  # noqa: E402
 from keras_cskd.report import paired_difference  # noqa: E402
 
-ARMS = ["student: labels only", "student: + alignment", "student: + distillation", "student: + both (CSKD)",
-        "teacher: labels only", "teacher: + alignment"]
+ARMS = [
+    "student: labels only",
+    "student: + alignment",
+    "student: + distillation",
+    "student: + both (CSKD)",
+    "teacher: labels only",
+    "teacher: + alignment",
+]
 
 
 def make_clip(args):
@@ -107,7 +113,12 @@ def student_backbone(s):
 
 def teacher_backbone(s):
     vit = keras_hub.models.ViTBackbone(
-        image_shape=(s, s, 3), patch_size=4, num_layers=3, num_heads=4, hidden_dim=64, mlp_dim=128,
+        image_shape=(s, s, 3),
+        patch_size=4,
+        num_layers=3,
+        num_heads=4,
+        hidden_dim=64,
+        mlp_dim=128,
     )
     return backbones.get(vit, image_size=s)
 
@@ -121,8 +132,12 @@ def run_seed(seed, clip, args, workdir):
     s, b = args.image_size, args.batch_size
     e = lambda n: max(1, int(round(n * args.epochs_scale)))  # noqa: E731
     world = synthetic.make_world(
-        os.path.join(workdir, f"world{seed}"), num_labeled=args.num_labeled, num_unlabeled=args.num_unlabeled,
-        image_size=args.file_size, seed=seed, test_fraction=args.test_fraction,
+        os.path.join(workdir, f"world{seed}"),
+        num_labeled=args.num_labeled,
+        num_unlabeled=args.num_unlabeled,
+        image_size=args.file_size,
+        seed=seed,
+        test_fraction=args.test_fraction,
     )
     # The world's own test list: `--test-fraction` of the labeled images (without it, read_ava
     # would draw its default 10%, which is how the first run ended up with 30 test images).
@@ -148,8 +163,11 @@ def run_seed(seed, clip, args, workdir):
     aligner.compile(optimizer=keras.optimizers.Adam(1e-3))
     # CLIP's targets from CLIP's own view of each whole image; the learners train on random crops.
     clip_cache = FrozenOutputCache(clip, cache_dir, image_size=s, batch_size=128, model_view_size=clip.view_size)
-    aligner.fit(clip_cache.dataset(world.unlabeled_dir, batch_size=b, training=True, seed=seed),
-                epochs=e(args.align_epochs), verbose=0)
+    aligner.fit(
+        clip_cache.dataset(world.unlabeled_dir, batch_size=b, training=True, seed=seed),
+        epochs=e(args.align_epochs),
+        verbose=0,
+    )
     lap("world+align")
     aligned = (aligner.learners["teacher"].backbone.get_weights(), aligner.learners["student"].backbone.get_weights())
 
@@ -175,15 +193,20 @@ def run_seed(seed, clip, args, workdir):
 
     # Students.
     keras.utils.set_random_seed(seed + 2)
-    results["student: labels only"] = evaluate(fit_scorer(fresh("student", init_weights[1]), e(args.student_epochs)), x_test, test_means)
+    results["student: labels only"] = evaluate(
+        fit_scorer(fresh("student", init_weights[1]), e(args.student_epochs)), x_test, test_means
+    )
     keras.utils.set_random_seed(seed + 2)
-    results["student: + alignment"] = evaluate(fit_scorer(fresh("student", aligned[1]), e(args.student_epochs)), x_test, test_means)
+    results["student: + alignment"] = evaluate(
+        fit_scorer(fresh("student", aligned[1]), e(args.student_epochs)), x_test, test_means
+    )
     lap("students")
 
     def distill(teacher, student_weights):
         pseudo = FrozenOutputCache(teacher, cache_dir, image_size=s, batch_size=128)
-        data = pseudo.semi_supervised_dataset(records, world.unlabeled_dir, batch_size=b,
-                                              unlabeled_ratio=args.unlabeled_ratio, seed=seed)
+        data = pseudo.semi_supervised_dataset(
+            records, world.unlabeled_dir, batch_size=b, unlabeled_ratio=args.unlabeled_ratio, seed=seed
+        )
         student = AestheticScorer(fresh("student", student_weights))
         distiller = SemiSupervisedDistiller(None, student)
         distiller.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=[])
@@ -196,9 +219,12 @@ def run_seed(seed, clip, args, workdir):
     results["student: + both (CSKD)"] = evaluate(distill(teacher_aligned, aligned[1]), x_test, test_means)
     lap("distilled students")
     return {
-        "seed": seed, "oracle_srcc": world.oracle_srcc, "test_images": int(len(test_means)),
+        "seed": seed,
+        "oracle_srcc": world.oracle_srcc,
+        "test_images": int(len(test_means)),
         "train_images": int(len(records.select("train").mean_scores)),
-        "seconds": round(time.perf_counter() - t0, 1), "phase_seconds": phases,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "phase_seconds": phases,
         "arms": {k: {"srcc": round(v[0], 4), "plcc": round(v[1], 4)} for k, v in results.items()},
     }
 
@@ -219,8 +245,9 @@ def paired_steps(runs):
     for before, after in STEPS:
         a = [r["arms"][before]["srcc"] for r in runs]
         b = [r["arms"][after]["srcc"] for r in runs]
-        steps[f"{before} -> {after}"] = {k: round(v, 4) if isinstance(v, float) else v
-                                        for k, v in paired_difference(a, b).items()}
+        steps[f"{before} -> {after}"] = {
+            k: round(v, 4) if isinstance(v, float) else v for k, v in paired_difference(a, b).items()
+        }
     return steps
 
 
@@ -229,7 +256,10 @@ def summarize(runs):
     for arm in ARMS:
         for metric in ("srcc", "plcc"):
             values = np.array([r["arms"][arm][metric] for r in runs])
-            table.setdefault(arm, {})[metric] = (float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0)
+            table.setdefault(arm, {})[metric] = (
+                float(values.mean()),
+                float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            )
     return table
 
 
@@ -239,12 +269,15 @@ def markdown(table, runs, args, clip_info):
         (sm, ss), (pm, ps) = table[arm]["srcc"], table[arm]["plcc"]
         lines.append(f"| {arm} | {sm:.3f} ± {ss:.3f} | {pm:.3f} ± {ps:.3f} |")
     oracle = np.mean([r["oracle_srcc"] for r in runs])
-    lines += ["", f"{len(runs)} seed(s); {args.num_labeled} labeled images ({runs[0]['test_images']} test), "
-              f"{args.num_unlabeled} unlabeled, {args.image_size}px; epochs x{args.epochs_scale} "
-              f"(align {args.align_epochs}, teacher {args.teacher_epochs}, student {args.student_epochs}); "
-              f"backend {keras.backend.backend()}. Oracle SRCC (perfect attribute reader) on these worlds: {oracle:.3f}. "
-              f"Stand-in CLIP: a linear probe of its embedding on 300 labeled scenes reaches SRCC "
-              f"{clip_info['linear_probe_srcc_300_labels']} with the hidden score."]
+    lines += [
+        "",
+        f"{len(runs)} seed(s); {args.num_labeled} labeled images ({runs[0]['test_images']} test), "
+        f"{args.num_unlabeled} unlabeled, {args.image_size}px; epochs x{args.epochs_scale} "
+        f"(align {args.align_epochs}, teacher {args.teacher_epochs}, student {args.student_epochs}); "
+        f"backend {keras.backend.backend()}. Oracle SRCC (perfect attribute reader) on these worlds: {oracle:.3f}. "
+        f"Stand-in CLIP: a linear probe of its embedding on 300 labeled scenes reaches SRCC "
+        f"{clip_info['linear_probe_srcc_300_labels']} with the hidden score.",
+    ]
     lines += ["", "| step | mean SRCC difference | 95% interval | seeds agreeing |", "| --- | --- | --- | --- |"]
     for step, d in paired_steps(runs).items():
         lines.append(f"| {step} | {d['mean']:+.3f} | {d['low']:+.3f} .. {d['high']:+.3f} | {d['agree']}/{d['n']} |")
@@ -280,12 +313,20 @@ def seed_list(text):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=seed_list, default=seed_list("5"),
-                        help="a count (5: seeds 0..4) or a comma-separated list (7,8,9)")
+    parser.add_argument(
+        "--seeds",
+        type=seed_list,
+        default=seed_list("5"),
+        help="a count (5: seeds 0..4) or a comma-separated list (7,8,9)",
+    )
     parser.add_argument("--num-labeled", type=int, default=600, help="labeled images, test split included")
     parser.add_argument("--num-unlabeled", type=int, default=2400)
-    parser.add_argument("--test-fraction", type=float, default=0.5,
-                        help="of the labeled images, held out for evaluation only (cheap; SRCC on few is noise)")
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.5,
+        help="of the labeled images, held out for evaluation only (cheap; SRCC on few is noise)",
+    )
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--file-size", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -294,8 +335,12 @@ def main(argv=None):
     parser.add_argument("--clip-epochs", type=int, default=8)
     parser.add_argument("--align-epochs", type=int, default=6)
     parser.add_argument("--teacher-epochs", type=int, default=10)
-    parser.add_argument("--student-epochs", type=int, default=16,
-                        help="every student arm (aligned or not, distilled or not) gets these fine-tuning epochs")
+    parser.add_argument(
+        "--student-epochs",
+        type=int,
+        default=16,
+        help="every student arm (aligned or not, distilled or not) gets these fine-tuning epochs",
+    )
     parser.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every training phase's epochs")
     parser.add_argument("--json", default=None)
     parser.add_argument("--markdown", default=None)
@@ -316,9 +361,18 @@ def main(argv=None):
     print(f"total {time.perf_counter() - start:.0f}s")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "clip": clip_info, "runs": runs, "summary": table,
-                       "paired_steps": paired_steps(runs),
-                       "seconds": round(time.perf_counter() - start, 1)}, f, indent=1)
+            json.dump(
+                {
+                    "args": vars(args),
+                    "clip": clip_info,
+                    "runs": runs,
+                    "summary": table,
+                    "paired_steps": paired_steps(runs),
+                    "seconds": round(time.perf_counter() - start, 1),
+                },
+                f,
+                indent=1,
+            )
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(text + "\n")

@@ -27,7 +27,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_cskd.data import decode_image, labeled_dataset, read_ava, synthetic
+from keras_cskd.data import decode_image
+from keras_cskd.data import labeled_dataset
+from keras_cskd.data import read_ava
+from keras_cskd.data import synthetic
 
 
 def _rate(make_dataset, count_fn, repeats, single_thread):

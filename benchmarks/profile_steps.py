@@ -101,7 +101,9 @@ def tensorflow_rows(clip, teacher, student, x, y, steps, repeats):
             return loss
 
         rows[f"finetune bare forward [{tag}]"] = timeit(lambda: forward(xt, yt).numpy(), steps, repeats)
-        rows[f"finetune bare forward+backward [{tag}]"] = timeit(lambda: forward_backward(xt, yt).numpy(), steps, repeats)
+        rows[f"finetune bare forward+backward [{tag}]"] = timeit(
+            lambda: forward_backward(xt, yt).numpy(), steps, repeats
+        )
         rows[f"finetune bare step (+Adam) [{tag}]"] = timeit(lambda: train_step(xt, yt).numpy(), steps, repeats)
         for name, model in (("inference", student), ("clip_forward", clip)):
             model.compile(jit_compile=jit)
@@ -148,7 +150,9 @@ def jax_rows(clip, teacher, student, x, y, steps, repeats):
         return float(value)
 
     rows["finetune bare forward [xla]"] = timeit(lambda: float(forward(tv, ntv, x, y)), steps, repeats)
-    rows["finetune bare forward+backward [xla]"] = timeit(lambda: jax.block_until_ready(grad(tv, ntv, x, y)), steps, repeats)
+    rows["finetune bare forward+backward [xla]"] = timeit(
+        lambda: jax.block_until_ready(grad(tv, ntv, x, y)), steps, repeats
+    )
     rows["finetune bare step (+Adam) [xla]"] = timeit(step, steps, repeats)
     for name, model in (("inference", student), ("clip_forward", clip)):
         model.compile()
@@ -204,7 +208,13 @@ def tensorflow_trace(clip, teacher, student, x, y, steps):
                     ms = event.duration_ps / 1e9 / steps
                     by_op[op] += ms
                     count[op] += 1 / steps
-                    part = "gradient" if "gradient" in scope.lower() else "optimizer" if "adam" in scope.lower() else "forward"
+                    part = (
+                        "gradient"
+                        if "gradient" in scope.lower()
+                        else "optimizer"
+                        if "adam" in scope.lower()
+                        else "forward"
+                    )
                     by_part[part] += ms
                     threads.add(line.name)
         report[name] = {

@@ -59,16 +59,24 @@ sys.path.insert(0, os.path.dirname(HERE))
 SIZES = {
     # Runs on a 2-core CPU. The CLIP is bigger than the learners, as in the paper.
     "cpu": dict(
-        image_size=32, batch_size=8, num_bins=10, projection_hidden_dim=512,
+        image_size=32,
+        batch_size=8,
+        num_bins=10,
+        projection_hidden_dim=512,
         clip=dict(patch_size=4, hidden_dim=192, num_layers=6, num_heads=3, mlp_dim=768, projection_dim=128),
         teacher=dict(kind="vit", patch_size=4, hidden_dim=96, num_layers=4, num_heads=4, mlp_dim=384),
         student="MobileNetV2",
     ),
     # The paper's models (CLIP ViT-B/16, Swin-B, MobileNetV2 at 224): for a GPU.
     "paper": dict(
-        image_size=224, batch_size=32, num_bins=10, projection_hidden_dim=512,
+        image_size=224,
+        batch_size=32,
+        num_bins=10,
+        projection_hidden_dim=512,
         clip=dict(patch_size=16, hidden_dim=768, num_layers=12, num_heads=12, mlp_dim=3072, projection_dim=512),
-        teacher=dict(kind="swin", embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32], window_size=7, patch_size=4),
+        teacher=dict(
+            kind="swin", embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32], window_size=7, patch_size=4
+        ),
         student="MobileNetV2",
     ),
     # Runs on a 2-core CPU with the paper's FLOP ratio of CLIP forward to student
@@ -77,13 +85,26 @@ SIZES = {
     # a 7-layer 256-wide CLIP with 16x16 patches of 4 px (as ViT-B/16's 14x14 of
     # 16 px): 3.34 vs 0.178 GFLOPs, 18.8x). `--sizes ratio` prints both counts.
     "ratio": dict(
-        image_size=64, batch_size=8, num_bins=10, projection_hidden_dim=512,
+        image_size=64,
+        batch_size=8,
+        num_bins=10,
+        projection_hidden_dim=512,
         clip=dict(patch_size=4, hidden_dim=256, num_layers=7, num_heads=4, mlp_dim=1024, projection_dim=256),
         teacher=dict(kind="vit", patch_size=4, hidden_dim=96, num_layers=4, num_heads=4, mlp_dim=384),
         student="MobileNetV2",
     ),
 }
-PHASES = ["align", "align_cached", "align_student", "align_student_cached", "finetune", "distill", "distill_cached", "inference", "clip_forward"]
+PHASES = [
+    "align",
+    "align_cached",
+    "align_student",
+    "align_student_cached",
+    "finetune",
+    "distill",
+    "distill_cached",
+    "inference",
+    "clip_forward",
+]
 DEFAULT_PHASES = ["align", "align_cached", "finetune", "distill", "distill_cached", "inference", "clip_forward"]
 RUNNERS = {
     "tensorflow": ("tensorflow", False),
@@ -147,20 +168,29 @@ def time_phase(step, images, warmup, repeats, steps, budget_s):
 
 
 def keras_models(config):
-    import keras
     import keras_hub
 
-    from keras_cskd import CLIPImageTeacher, backbones
+    from keras_cskd import CLIPImageTeacher
+    from keras_cskd import backbones
 
     s = config["image_size"]
     c, t = config["clip"], config["teacher"]
     vision = keras_hub.models.CLIPVisionEncoder(
-        patch_size=c["patch_size"], hidden_dim=c["hidden_dim"], num_layers=c["num_layers"],
-        num_heads=c["num_heads"], intermediate_dim=c["mlp_dim"], image_shape=(s, s, 3),
+        patch_size=c["patch_size"],
+        hidden_dim=c["hidden_dim"],
+        num_layers=c["num_layers"],
+        num_heads=c["num_heads"],
+        intermediate_dim=c["mlp_dim"],
+        image_shape=(s, s, 3),
     )
     text = keras_hub.models.CLIPTextEncoder(
-        vocabulary_size=64, embedding_dim=16, hidden_dim=16, num_layers=1, num_heads=2,
-        intermediate_dim=32, max_sequence_length=8,
+        vocabulary_size=64,
+        embedding_dim=16,
+        hidden_dim=16,
+        num_layers=1,
+        num_heads=2,
+        intermediate_dim=32,
+        max_sequence_length=8,
     )
     clip = CLIPImageTeacher.from_backbone(
         keras_hub.models.CLIPBackbone(vision, text, projection_dim=c["projection_dim"]), image_size=s
@@ -169,13 +199,21 @@ def keras_models(config):
     def teacher():
         if t["kind"] == "vit":
             model = keras_hub.models.ViTBackbone(
-                image_shape=(s, s, 3), patch_size=t["patch_size"], num_layers=t["num_layers"],
-                num_heads=t["num_heads"], hidden_dim=t["hidden_dim"], mlp_dim=t["mlp_dim"],
+                image_shape=(s, s, 3),
+                patch_size=t["patch_size"],
+                num_layers=t["num_layers"],
+                num_heads=t["num_heads"],
+                hidden_dim=t["hidden_dim"],
+                mlp_dim=t["mlp_dim"],
             )
         else:
             model = keras_hub.models.SwinTransformerBackbone(
-                image_shape=(s, s, 3), embed_dim=t["embed_dim"], depths=t["depths"], num_heads=t["num_heads"],
-                window_size=t["window_size"], patch_size=t["patch_size"],
+                image_shape=(s, s, 3),
+                embed_dim=t["embed_dim"],
+                depths=t["depths"],
+                num_heads=t["num_heads"],
+                window_size=t["window_size"],
+                patch_size=t["patch_size"],
             )
         return backbones.get(model, image_size=s)
 
@@ -189,7 +227,9 @@ def keras_steps(config, jit):
     import keras
     import numpy as np
 
-    from keras_cskd.models import AestheticScorer, CLIPFeatureAligner, SemiSupervisedDistiller
+    from keras_cskd.models import AestheticScorer
+    from keras_cskd.models import CLIPFeatureAligner
+    from keras_cskd.models import SemiSupervisedDistiller
 
     keras.utils.set_random_seed(0)
     b, s, bins = config["batch_size"], config["image_size"], config["num_bins"]
@@ -315,15 +355,24 @@ def cache_worker(args):
     import numpy as np
     import tensorflow as tf
 
-    from keras_cskd.data import FrozenOutputCache, read_ava, semi_supervised_dataset, synthetic, unlabeled_dataset
-    from keras_cskd.models import AestheticScorer, CLIPFeatureAligner, SemiSupervisedDistiller
+    from keras_cskd.data import FrozenOutputCache
+    from keras_cskd.data import read_ava
+    from keras_cskd.data import semi_supervised_dataset
+    from keras_cskd.data import synthetic
+    from keras_cskd.data import unlabeled_dataset
+    from keras_cskd.models import AestheticScorer
+    from keras_cskd.models import CLIPFeatureAligner
+    from keras_cskd.models import SemiSupervisedDistiller
 
     config = SIZES[args.sizes]
     s, b, bins = config["image_size"], config["batch_size"], config["num_bins"]
     tmp = tempfile.mkdtemp(prefix="cskd_throughput_")
     world = synthetic.make_world(
-        os.path.join(tmp, "world"), num_labeled=args.cache_images, num_unlabeled=args.cache_images,
-        image_size=args.file_size, seed=0,
+        os.path.join(tmp, "world"),
+        num_labeled=args.cache_images,
+        num_unlabeled=args.cache_images,
+        image_size=args.file_size,
+        seed=0,
     )
     records = read_ava(world.ava_root, val_fraction=0.0, test_fraction=0.0)
     out = {"backend": keras.backend.backend(), "images": args.cache_images, "epochs": args.cache_epochs}
@@ -448,11 +497,20 @@ def markdown(results):
     lines.append("| peak RSS (MB) | " + " | ".join(str(r["peak_rss_mb"]) for r in runners) + " | |")
     f = results.get("flops")
     if f and "error" not in f:
-        lines += ["", "FLOPs per image (XLA cost analysis): " + "; ".join(
-            f"{k}: CLIP forward {v['clip_forward_gflops']} G, student alignment step {v['student_step_gflops']} G, "
-            f"ratio {v['ratio']}x" for k, v in f.items())]
-    lines += ["", f"Threads per runner: {results.get('threads') or 'library default'}; load average "
-              f"{results.get('loadavg_start')} at the start, {results.get('loadavg_end')} at the end ({results.get('date')})."]
+        lines += [
+            "",
+            "FLOPs per image (XLA cost analysis): "
+            + "; ".join(
+                f"{k}: CLIP forward {v['clip_forward_gflops']} G, student alignment step {v['student_step_gflops']} G, "
+                f"ratio {v['ratio']}x"
+                for k, v in f.items()
+            ),
+        ]
+    lines += [
+        "",
+        f"Threads per runner: {results.get('threads') or 'library default'}; load average "
+        f"{results.get('loadavg_start')} at the start, {results.get('loadavg_end')} at the end ({results.get('date')}).",
+    ]
     c = results.get("cache")
     if c and "align_student" in c:
         lines += [
@@ -464,7 +522,9 @@ def markdown(results):
         ]
         for key in ("align_student", "distill"):
             p = c[key]
-            lines.append(f"| {key} | {p['uncached']['epoch_s']} | {p['compute_s']} | {p['cached']['epoch_s']} | {p['speedup']}x |")
+            lines.append(
+                f"| {key} | {p['uncached']['epoch_s']} | {p['compute_s']} | {p['cached']['epoch_s']} | {p['speedup']}x |"
+            )
         lines += [
             "",
             f"Input pipeline: {c['pipeline_images_per_s']} decoded images/s (`unlabeled_dataset(training=True)`). "
@@ -487,9 +547,18 @@ def main(argv=None):
     parser.add_argument("--cache-epochs", type=int, default=3, help="epochs per cached/uncached run (0: skip)")
     parser.add_argument("--cache-images", type=int, default=128)
     parser.add_argument("--cache-backend", default=None, help="default: the fastest keras-cskd backend on 'align'")
-    parser.add_argument("--file-size", type=int, default=None, help="side of the generated JPEGs (default: 1.5x the image size)")
-    parser.add_argument("--threads", type=int, default=None, help="compute threads for every runner alike (default: each library's own, one per core)")
-    parser.add_argument("--flops", action="store_true", help="count FLOPs (jax, XLA cost analysis); on by default for --sizes ratio")
+    parser.add_argument(
+        "--file-size", type=int, default=None, help="side of the generated JPEGs (default: 1.5x the image size)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="compute threads for every runner alike (default: each library's own, one per core)",
+    )
+    parser.add_argument(
+        "--flops", action="store_true", help="count FLOPs (jax, XLA cost analysis); on by default for --sizes ratio"
+    )
     parser.add_argument("--json", default=None)
     parser.add_argument("--markdown", default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -504,14 +573,38 @@ def main(argv=None):
         print(json.dumps(result))
         return result
 
-    args.passthrough = [
-        "--sizes", args.sizes, "--phases", args.phases, "--warmup", str(args.warmup), "--repeats", str(args.repeats),
-        "--steps", str(args.steps), "--seconds", str(args.seconds), "--cache-epochs", str(args.cache_epochs),
-        "--cache-images", str(args.cache_images), "--file-size", str(args.file_size),
-    ] + (["--peer-compile"] if args.peer_compile else []) + ([] if args.threads is None else ["--threads", str(args.threads)])
+    args.passthrough = (
+        [
+            "--sizes",
+            args.sizes,
+            "--phases",
+            args.phases,
+            "--warmup",
+            str(args.warmup),
+            "--repeats",
+            str(args.repeats),
+            "--steps",
+            str(args.steps),
+            "--seconds",
+            str(args.seconds),
+            "--cache-epochs",
+            str(args.cache_epochs),
+            "--cache-images",
+            str(args.cache_images),
+            "--file-size",
+            str(args.file_size),
+        ]
+        + (["--peer-compile"] if args.peer_compile else [])
+        + ([] if args.threads is None else ["--threads", str(args.threads)])
+    )
     results = {
-        "sizes": args.sizes, "config": SIZES[args.sizes], "cores": os.cpu_count(), "threads": args.threads,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "loadavg_start": _loadavg(), "runners": [],
+        "sizes": args.sizes,
+        "config": SIZES[args.sizes],
+        "cores": os.cpu_count(),
+        "threads": args.threads,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "loadavg_start": _loadavg(),
+        "runners": [],
     }
     if args.flops or args.sizes == "ratio":
         print("counting FLOPs (jax) ...", file=sys.stderr, flush=True)
@@ -521,9 +614,13 @@ def main(argv=None):
         backend = "torch" if runner == "peer" else RUNNERS[runner][0]
         print(f"running {runner} ...", file=sys.stderr, flush=True)
         results["runners"].append(_spawn(args, runner, backend))
-    ours = [r for r in results["runners"] if "phases" in r and not r["runner"].startswith("peer") and "align" in r["phases"]]
+    ours = [
+        r for r in results["runners"] if "phases" in r and not r["runner"].startswith("peer") and "align" in r["phases"]
+    ]
     if args.cache_epochs > 0 and (ours or args.cache_backend):
-        backend = args.cache_backend or RUNNERS[max(ours, key=lambda r: r["phases"]["align"]["images_per_s"])["runner"]][0]
+        backend = (
+            args.cache_backend or RUNNERS[max(ours, key=lambda r: r["phases"]["align"]["images_per_s"])["runner"]][0]
+        )
         print(f"cache epochs on {backend} ...", file=sys.stderr, flush=True)
         results["cache"] = _spawn(args, "cache", backend)
     results["loadavg_end"] = _loadavg()

@@ -29,12 +29,21 @@ votes = rng.integers(0, 20, (32, 10)).astype("float32")  # Vote counts per score
 # A small random CLIP; any KerasHub CLIP preset works the same way.
 clip = keras_hub.models.CLIPBackbone(
     vision_encoder=keras_hub.models.CLIPVisionEncoder(
-        patch_size=8, hidden_dim=64, num_layers=2, num_heads=4, intermediate_dim=128,
+        patch_size=8,
+        hidden_dim=64,
+        num_layers=2,
+        num_heads=4,
+        intermediate_dim=128,
         image_shape=(SIZE, SIZE, 3),
     ),
     text_encoder=keras_hub.models.CLIPTextEncoder(
-        vocabulary_size=1000, embedding_dim=64, hidden_dim=64, num_layers=1, num_heads=4,
-        intermediate_dim=128, max_sequence_length=16,
+        vocabulary_size=1000,
+        embedding_dim=64,
+        hidden_dim=64,
+        num_layers=1,
+        num_heads=4,
+        intermediate_dim=128,
+        max_sequence_length=16,
     ),
     projection_dim=32,
 )

@@ -24,7 +24,7 @@ def _check_backend_installed():
     package = {"jax": "jax", "torch": "torch"}.get(backend)
     if package and importlib.util.find_spec(package) is None:
         raise ImportError(
-            f"KERAS_BACKEND={backend} needs {package}, which is not installed: pip install \"keras-cskd[{backend}]\""
+            f'KERAS_BACKEND={backend} needs {package}, which is not installed: pip install "keras-cskd[{backend}]"'
         )
 
 

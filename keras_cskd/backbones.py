@@ -196,9 +196,7 @@ def get(spec, image_size=None, load_weights=None, preprocessing=None, name=None)
         if _is_hub_or_cv_backbone(model):
             default_preprocessing = normalization("torch")
     else:
-        raise ValueError(
-            f"A backbone must be a name, a preset directory or a keras.Model; got {type(spec).__name__}."
-        )
+        raise ValueError(f"A backbone must be a name, a preset directory or a keras.Model; got {type(spec).__name__}.")
     if isinstance(preprocessing, str):
         preprocessing = normalization(preprocessing)
     preprocessing = preprocessing or default_preprocessing or normalization("none")

@@ -77,8 +77,13 @@ def _predict(args):
         raise ValueError("the model takes any image size; give --image-size")
     skipped = data.SkipCounter()
     dataset = data.unlabeled_dataset(
-        data.ImageFiles(files), training=False, image_size=size, batch_size=args.batch_size,
-        return_paths=True, dtype="float32", skipped=skipped,
+        data.ImageFiles(files),
+        training=False,
+        image_size=size,
+        batch_size=args.batch_size,
+        return_paths=True,
+        dtype="float32",
+        skipped=skipped,
     )
     values = np.arange(1, model.output_shape[-1] + 1, dtype="float32")
     values = np.asarray(getattr(model, "bin_values", None) or values, dtype="float32")
@@ -103,7 +108,9 @@ def _predict(args):
 def _export(args):
     from keras_cskd import export
 
-    export.export(args.model, args.out, format=args.format, image_size=tuple(args.image_size) if args.image_size else None)
+    export.export(
+        args.model, args.out, format=args.format, image_size=tuple(args.image_size) if args.image_size else None
+    )
     print(f"Exported {args.model} -> {args.out} ({args.format})")
     if args.format == "tf_saved_model":
         print(f"Check it with: saved_model_cli show --dir {args.out} --tag_set serve --signature_def serving_default")
@@ -116,7 +123,9 @@ def _export(args):
 def _register_demo(subparsers):
     demo = subparsers.add_parser("demo", help="the whole recipe on a synthetic world with small models (CPU, minutes)")
     demo.add_argument("--out", default="cskd_demo", help="output folder (default: cskd_demo)")
-    demo.add_argument("--clip-preset", help="a KerasHub CLIP preset (hub name or local dir) instead of a small random CLIP")
+    demo.add_argument(
+        "--clip-preset", help="a KerasHub CLIP preset (hub name or local dir) instead of a small random CLIP"
+    )
     demo.add_argument("--distribute", action="store_true", help="data-parallel over all devices (see README)")
     demo.set_defaults(func=_run_recipe)
 
@@ -160,7 +169,8 @@ def _register_predict(subparsers):
 
 def _register_export(subparsers):
     export = subparsers.add_parser(
-        "export", help="write a SavedModel for TF Serving (image bytes in) or an ONNX file (0..255 images in)",
+        "export",
+        help="write a SavedModel for TF Serving (image bytes in) or an ONNX file (0..255 images in)",
         description="tf_saved_model: a folder whose serving_default takes encoded image bytes (TensorFlow engine). "
         "onnx: one .onnx file; input 'images' float32 (batch, H, W, 3) in 0..255, outputs 'distribution' and "
         "'mean_score'; exported with PyTorch's exporter (torch.onnx, dynamo) from any backend; "
@@ -168,11 +178,13 @@ def _register_export(subparsers):
     )
     export.add_argument("model", metavar="MODEL", help="a .keras AestheticScorer")
     export.add_argument(
-        "--out", required=True,
+        "--out",
+        required=True,
         help="tf_saved_model: output folder, e.g. serving/aesthetics/1; onnx: a file ending in .onnx, e.g. model.onnx",
     )
-    export.add_argument("--format", default="tf_saved_model", choices=("tf_saved_model", "onnx"),
-                        help="default: tf_saved_model")
+    export.add_argument(
+        "--format", default="tf_saved_model", choices=("tf_saved_model", "onnx"), help="default: tf_saved_model"
+    )
     export.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="default: the model's input size")
     export.set_defaults(func=_export)
 

@@ -95,9 +95,7 @@ class CLIPImageTeacher(FunctionalModel):
     (batch, 512)
     """
 
-    config_fields = (
-        "vision_encoder", "projection_dim", "normalize", "image_size", "scale", "offset", "interpolation"
-    )
+    config_fields = ("vision_encoder", "projection_dim", "normalize", "image_size", "scale", "offset", "interpolation")
     object_fields = ("vision_encoder",)
 
     def __init__(
@@ -130,8 +128,12 @@ class CLIPImageTeacher(FunctionalModel):
         self.resize = None
         if size != encoder_size:
             self.resize = layers.Resizing(
-                *encoder_size, interpolation=interpolation, crop_to_aspect_ratio=True, antialias=True,
-                dtype=dtype, name="resize",
+                *encoder_size,
+                interpolation=interpolation,
+                crop_to_aspect_ratio=True,
+                antialias=True,
+                dtype=dtype,
+                name="resize",
             )
             x = self.resize(x)
         x = self.normalization(x)
@@ -166,8 +168,7 @@ class CLIPImageTeacher(FunctionalModel):
         """The image side of a `keras_hub.models.CLIPBackbone`, weights shared."""
         if not isinstance(clip_backbone, keras_hub.models.CLIPBackbone):
             raise ValueError(
-                f"CLIPImageTeacher needs a keras_hub.models.CLIPBackbone, got a "
-                f"{type(clip_backbone).__name__}."
+                f"CLIPImageTeacher needs a keras_hub.models.CLIPBackbone, got a {type(clip_backbone).__name__}."
             )
         teacher = cls(
             clip_backbone.vision_encoder,

@@ -37,7 +37,6 @@ import subprocess
 import sys
 
 import keras
-import numpy as np
 
 from keras_cskd.layers import bin_values_for
 
@@ -132,8 +131,13 @@ def onnx_model(model, out, image_size=None):
     example = keras.ops.zeros((2, *size, 3), "float32")
     with torch.no_grad():
         program = torch.onnx.export(
-            serve, (example,), dynamo=True, input_names=["images"], output_names=["distribution", "mean_score"],
-            dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
+            serve,
+            (example,),
+            dynamo=True,
+            input_names=["images"],
+            output_names=["distribution", "mean_score"],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            verbose=False,
         )
     program.optimize()
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

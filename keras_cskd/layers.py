@@ -10,9 +10,7 @@ def bin_values_for(num_bins, bin_values=None):
     if bin_values is None:
         return [float(i) for i in range(1, num_bins + 1)]
     if len(bin_values) != num_bins:
-        raise ValueError(
-            f"{len(bin_values)} bin values given for {num_bins} bins: {bin_values}."
-        )
+        raise ValueError(f"{len(bin_values)} bin values given for {num_bins} bins: {bin_values}.")
     return [float(v) for v in bin_values]
 
 

@@ -62,9 +62,7 @@ def emd(y_true, y_pred, r=2, squared=False):
     y_true = ops.cast(y_true, dtype)
     y_pred = ops.cast(y_pred, dtype)
     check_distributions(y_true, y_pred, "EMD")
-    cdf_gap = ops.cumsum(
-        normalize_distribution(y_true) - normalize_distribution(y_pred), axis=-1
-    )
+    cdf_gap = ops.cumsum(normalize_distribution(y_true) - normalize_distribution(y_pred), axis=-1)
     if r == 2:
         powered = ops.square(cdf_gap)
     elif r == 1:

@@ -66,7 +66,9 @@ class SampleBufferMetric(keras.metrics.Metric):
             shape=(max_samples + 1,), initializer="zeros", dtype="float32", name="pred_scores", aggregation=first
         )
         self.count = self.add_variable(shape=(), initializer="zeros", dtype="int32", name="count", aggregation=first)
-        self.dropped = self.add_variable(shape=(), initializer="zeros", dtype="int32", name="dropped", aggregation=first)
+        self.dropped = self.add_variable(
+            shape=(), initializer="zeros", dtype="int32", name="dropped", aggregation=first
+        )
         self._replica_gather = None
 
     @property

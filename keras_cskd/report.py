@@ -97,6 +97,7 @@ def read_history(path):
     """Columns of a `keras.callbacks.CSVLogger` file as {name: [float]}."""
     with open(path, newline="") as file:
         rows = list(csv.DictReader(file))
+
     def number(text):
         return float(text) if text not in ("", "NA") else float("nan")
 
@@ -182,8 +183,17 @@ def write(out_dir, results, mean_scores, phases, notes=()):
                 plot_history(history, phase, os.path.join(plots, f"{phase}_curves.png"))
                 sections.append(f"![{phase}](plots/{phase}_curves.png)")
     plot_scores(mean_scores, os.path.join(plots, "scatter.png"), os.path.join(plots, "score_histogram.png"))
-    sections += ["", "## Predicted vs. true mean score", "", "![scatter](plots/scatter.png)", "",
-                 "## Score histograms", "", "![histogram](plots/score_histogram.png)", ""]
+    sections += [
+        "",
+        "## Predicted vs. true mean score",
+        "",
+        "![scatter](plots/scatter.png)",
+        "",
+        "## Score histograms",
+        "",
+        "![histogram](plots/score_histogram.png)",
+        "",
+    ]
     path = os.path.join(out_dir, "report.md")
     with open(path, "w") as file:
         file.write("\n".join(sections))

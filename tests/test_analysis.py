@@ -49,16 +49,12 @@ def images(count=2, size=IMAGE):
 
 
 def tiny_vit(**kwargs):
-    config = dict(
-        image_shape=(IMAGE, IMAGE, 3), patch_size=PATCH, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32
-    )
+    config = dict(image_shape=(IMAGE, IMAGE, 3), patch_size=PATCH, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32)
     return keras_hub.models.ViTBackbone(**{**config, **kwargs})
 
 
 def attention_layers(model):
-    return [
-        layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.MultiHeadAttention)
-    ]
+    return [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.MultiHeadAttention)]
 
 
 def zero_query_key(model):
@@ -88,22 +84,35 @@ def features_model(backbone, name="features"):
 
 def tiny_clip():
     return keras_hub.models.CLIPVisionEncoder(
-        patch_size=PATCH, hidden_dim=16, num_layers=2, num_heads=2, intermediate_dim=32,
+        patch_size=PATCH,
+        hidden_dim=16,
+        num_layers=2,
+        num_heads=2,
+        intermediate_dim=32,
         image_shape=(IMAGE, IMAGE, 3),
     )
 
 
 def tiny_dinov2(registers=2):
     return keras_hub.models.DINOV2Backbone(
-        patch_size=PATCH, num_layers=2, hidden_dim=16, num_heads=2, intermediate_dim=32,
-        image_shape=(IMAGE, IMAGE, 3), position_embedding_shape=(IMAGE, IMAGE, 3),
+        patch_size=PATCH,
+        num_layers=2,
+        hidden_dim=16,
+        num_heads=2,
+        intermediate_dim=32,
+        image_shape=(IMAGE, IMAGE, 3),
+        position_embedding_shape=(IMAGE, IMAGE, 3),
         num_register_tokens=registers,
     )
 
 
 def tiny_deit():
     return keras_hub.models.DeiTBackbone(
-        image_shape=(IMAGE, IMAGE, 3), patch_size=PATCH, num_layers=2, num_heads=2, hidden_dim=16,
+        image_shape=(IMAGE, IMAGE, 3),
+        patch_size=PATCH,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
         intermediate_dim=32,
     )
 
@@ -256,8 +265,10 @@ def test_random_vit_matches_the_layers_own_attention_scores():
     # Reference: run the blocks by hand and ask each MHA for its scores.
     tokens = backbone.get_layer("vit_patching_and_embedding")(x)
     distances = np.array(
-        [[math.dist(a, b) * PATCH for b in itertools.product(range(GRID), repeat=2)]
-         for a in itertools.product(range(GRID), repeat=2)]
+        [
+            [math.dist(a, b) * PATCH for b in itertools.product(range(GRID), repeat=2)]
+            for a in itertools.product(range(GRID), repeat=2)
+        ]
     )
     for layer, block in enumerate(backbone.get_layer("vit_encoder").encoder_layers):
         normed = block.layer_norm_1(tokens)
@@ -350,8 +361,17 @@ def test_cli_writes_json_and_plots(tmp_path):
     out = tmp_path / "out"
 
     code = run_cli(
-        ["analyze", str(tmp_path / "before"), str(tmp_path / "after.keras"), "--images", folder, "--out", str(out),
-         "--batch-size", "2"]
+        [
+            "analyze",
+            str(tmp_path / "before"),
+            str(tmp_path / "after.keras"),
+            "--images",
+            folder,
+            "--out",
+            str(out),
+            "--batch-size",
+            "2",
+        ]
     )
     assert code == 0
     result = json.loads((out / "attention.json").read_text())

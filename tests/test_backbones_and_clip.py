@@ -5,7 +5,6 @@ import pytest
 
 from keras_cskd import backbones
 from keras_cskd.clip import CLIPImageTeacher
-
 from tests import tiny
 
 
@@ -30,13 +29,23 @@ def test_keras_hub_backbone_objects(make):
 
 def test_keras_hub_mobilenet_and_resize():
     mobilenet = keras_hub.models.MobileNetBackbone(
-        stackwise_expansion=[[16], [24]], stackwise_num_blocks=[1, 1],
-        stackwise_num_filters=[[8], [16]], stackwise_kernel_size=[[3], [3]],
-        stackwise_num_strides=[[2], [2]], stackwise_se_ratio=[[None], [0.25]],
-        stackwise_activation=[["relu"], ["hard_swish"]], stackwise_padding=[[1], [1]],
-        depthwise_stride=2, depthwise_residual=False, last_layer_filter=32, output_num_filters=32,
-        input_activation="hard_swish", output_activation="hard_swish",
-        input_num_filters=8, image_shape=(32, 32, 3), depthwise_filters=8,
+        stackwise_expansion=[[16], [24]],
+        stackwise_num_blocks=[1, 1],
+        stackwise_num_filters=[[8], [16]],
+        stackwise_kernel_size=[[3], [3]],
+        stackwise_num_strides=[[2], [2]],
+        stackwise_se_ratio=[[None], [0.25]],
+        stackwise_activation=[["relu"], ["hard_swish"]],
+        stackwise_padding=[[1], [1]],
+        depthwise_stride=2,
+        depthwise_residual=False,
+        last_layer_filter=32,
+        output_num_filters=32,
+        input_activation="hard_swish",
+        output_activation="hard_swish",
+        input_num_filters=8,
+        image_shape=(32, 32, 3),
+        depthwise_filters=8,
         squeeze_and_excite=0.5,
     )
     model = backbones.get(mobilenet, image_size=48)

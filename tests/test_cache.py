@@ -8,19 +8,21 @@ import numpy as np
 import pytest
 
 from keras_cskd import CLIPImageTeacher
-from keras_cskd.data import (
-    FrozenOutputCache,
-    PassClock,
-    SkipCounter,
-    fingerprint,
-    labeled_dataset,
-    read_ava,
-    synthetic,
-    unlabeled_dataset,
-)
+from keras_cskd.data import FrozenOutputCache
+from keras_cskd.data import PassClock
+from keras_cskd.data import SkipCounter
+from keras_cskd.data import fingerprint
+from keras_cskd.data import labeled_dataset
+from keras_cskd.data import read_ava
+from keras_cskd.data import synthetic
+from keras_cskd.data import unlabeled_dataset
 from keras_cskd.data.cache import _shard_key
-from keras_cskd.keys import LABELED_IMAGES, PSEUDO_LABELS, UNLABELED_IMAGES
-from keras_cskd.models import AestheticScorer, CLIPFeatureAligner, SemiSupervisedDistiller
+from keras_cskd.keys import LABELED_IMAGES
+from keras_cskd.keys import PSEUDO_LABELS
+from keras_cskd.keys import UNLABELED_IMAGES
+from keras_cskd.models import AestheticScorer
+from keras_cskd.models import CLIPFeatureAligner
+from keras_cskd.models import SemiSupervisedDistiller
 from tests import tiny
 
 S = tiny.IMAGE_SIZE
@@ -28,7 +30,9 @@ S = tiny.IMAGE_SIZE
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    return synthetic.make_world(tmp_path_factory.mktemp("world"), num_labeled=16, num_unlabeled=20, image_size=S, seed=3)
+    return synthetic.make_world(
+        tmp_path_factory.mktemp("world"), num_labeled=16, num_unlabeled=20, image_size=S, seed=3
+    )
 
 
 @pytest.fixture()

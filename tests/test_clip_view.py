@@ -16,8 +16,12 @@ from tests import tiny
 
 PHOTO = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data", "grace_hopper.jpg")
 # Crops of a real photo (600 x 512, portrait) at the aspect ratios of real cameras.
-CROPS = {"portrait 512x600": None, "landscape 3:2": (0, 100, 512, 441), "portrait 2:3": (85, 0, 426, 512),
-         "wide 16:9": (0, 150, 512, 438)}
+CROPS = {
+    "portrait 512x600": None,
+    "landscape 3:2": (0, 100, 512, 441),
+    "portrait 2:3": (85, 0, 426, 512),
+    "wide 16:9": (0, 150, 512, 438),
+}
 
 
 def _photo(name, tmp_path):

@@ -8,22 +8,21 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image, ImageOps
+from PIL import Image
+from PIL import ImageOps
 
 from keras_cskd.callbacks import PassesFollowEpochs
-from keras_cskd.data import (
-    ImageFiles,
-    LabeledRecords,
-    Look,
-    PassClock,
-    SkipCounter,
-    decode_image,
-    labeled_dataset,
-    read_ava,
-    semi_supervised_dataset,
-    synthetic,
-    unlabeled_dataset,
-)
+from keras_cskd.data import ImageFiles
+from keras_cskd.data import LabeledRecords
+from keras_cskd.data import Look
+from keras_cskd.data import PassClock
+from keras_cskd.data import SkipCounter
+from keras_cskd.data import decode_image
+from keras_cskd.data import labeled_dataset
+from keras_cskd.data import read_ava
+from keras_cskd.data import semi_supervised_dataset
+from keras_cskd.data import synthetic
+from keras_cskd.data import unlabeled_dataset
 
 SIZE = 24
 
@@ -119,6 +118,7 @@ def test_keep_aspect_ratio_crops_a_square(tmp_path):
     img[:, :20] = 255  # white left third, outside a centered square crop of the shorter side
     Image.fromarray(img).save(tmp_path / "wide.png")
     r = LabeledRecords.from_arrays([str(tmp_path / "wide.png")], [[1, 1]])
+
     def first_image(**kw):
         return _batches(labeled_dataset(r, image_size=8, batch_size=1, crop_fraction=1.0, **kw))[0][0]
 
@@ -276,6 +276,7 @@ def test_unlabeled_folder_list_file_and_paths(world, tmp_path):
 def test_mixed_sources_follow_weights(tmp_path):
     red = _solid_folder(tmp_path / "red", (255, 0, 0), 10)
     blue = _solid_folder(tmp_path / "blue", (0, 0, 255), 30)
+
     def make(**kw):
         return unlabeled_dataset([red, ImageFiles.from_path(blue)], image_size=8, batch_size=10, seed=3, **kw)
 
@@ -351,7 +352,9 @@ def test_keys_module_imports_nothing():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     assert (keys.LABELED_IMAGES, keys.UNLABELED_IMAGES, keys.PSEUDO_LABELS) == (
-        "labeled_images", "unlabeled_images", "pseudo_labels",
+        "labeled_images",
+        "unlabeled_images",
+        "pseudo_labels",
     )
 
 

@@ -8,23 +8,25 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from keras_cskd.data import (
-    LabeledRecords,
-    LabelFormatError,
-    list_images,
-    mean_to_distribution,
-    read_aadb,
-    read_ava,
-    read_para,
-    synthetic,
-)
+from keras_cskd.data import LabeledRecords
+from keras_cskd.data import LabelFormatError
+from keras_cskd.data import list_images
+from keras_cskd.data import mean_to_distribution
+from keras_cskd.data import read_aadb
+from keras_cskd.data import read_ava
+from keras_cskd.data import read_para
+from keras_cskd.data import synthetic
 from keras_cskd.data.records import assign_splits
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     return synthetic.make_world(
-        tmp_path_factory.mktemp("world"), num_labeled=60, num_unlabeled=12, image_size=32, seed=3,
+        tmp_path_factory.mktemp("world"),
+        num_labeled=60,
+        num_unlabeled=12,
+        image_size=32,
+        seed=3,
         formats=("ava", "aadb", "para"),
     )
 

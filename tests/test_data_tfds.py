@@ -15,8 +15,11 @@ pytestmark = pytest.mark.skipif(
 )
 pytest.importorskip("dill", reason="tfds.testing needs dill (in keras-cskd's [test] extra)")
 
-from keras_cskd.data import TFDSImages, read_ava, synthetic, unlabeled_dataset
+from keras_cskd.data import TFDSImages
+from keras_cskd.data import read_ava
+from keras_cskd.data import synthetic
 from keras_cskd.data import tfds_builders
+from keras_cskd.data import unlabeled_dataset
 
 # 20 labeled images; the official-style lists give 2 test images (AVA, AADB,
 # PARA) and AADB's validation list 1. The random val split is 5% (1 image).

@@ -46,9 +46,9 @@ def _datasets():
     y_eval = tiny.learnable_scores(x_eval)
     labeled = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH)
     images = tf.data.Dataset.from_tensor_slices(x).batch(GLOBAL_BATCH)
-    semi = tf.data.Dataset.from_tensor_slices(
-        ({"labeled_images": x, "unlabeled_images": unlabeled}, y)
-    ).batch(GLOBAL_BATCH)
+    semi = tf.data.Dataset.from_tensor_slices(({"labeled_images": x, "unlabeled_images": unlabeled}, y)).batch(
+        GLOBAL_BATCH
+    )
     evaluation = tf.data.Dataset.from_tensor_slices((x_eval, y_eval)).batch(GLOBAL_BATCH)
     return labeled, images, semi, evaluation
 
@@ -57,12 +57,11 @@ def _models():
     import keras
 
     from keras_cskd import CLIPImageTeacher
+    from keras_cskd import metrics
     from keras_cskd.models import AestheticScorer
     from keras_cskd.models import CLIPFeatureAligner
     from keras_cskd.models import SemiSupervisedDistiller
     from tests import tiny
-
-    from keras_cskd import metrics
 
     def small_metrics():  # the default metrics with small SRCC/PLCC buffers (faster steps)
         return [metrics.SRCC(max_samples=64), metrics.PLCC(max_samples=64), metrics.ThresholdAccuracy(), metrics.EMD()]
@@ -155,8 +154,10 @@ def worker(mode, out_dir):
     rank = strategy.process_index
     parts = ALL_PARTS if mode in ("tf_mirrored", "jax_devices") else PROCESS_PARTS
     with open(os.path.join(out_dir, f"strategy{rank}.json"), "w") as f:
-        json.dump({"engine": strategy.engine, "num_replicas": strategy.num_replicas,
-                   "num_processes": strategy.num_processes}, f)
+        json.dump(
+            {"engine": strategy.engine, "num_replicas": strategy.num_replicas, "num_processes": strategy.num_processes},
+            f,
+        )
     _train(strategy, os.path.join(out_dir, "..", "reference.npz"), os.path.join(out_dir, f"rank{rank}.npz"), parts)
 
 
@@ -171,8 +172,15 @@ def _free_port():
 
 def _env(**extra):
     env = dict(os.environ)
-    env.update({"KERAS_BACKEND": BACKEND, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT,
-                "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"})
+    env.update(
+        {
+            "KERAS_BACKEND": BACKEND,
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "PYTHONPATH": ROOT,
+            "CUDA_VISIBLE_DEVICES": "",
+            "OMP_NUM_THREADS": "1",
+        }
+    )
     env.update(extra)
     return env
 
@@ -215,8 +223,10 @@ def reference(tmp_path_factory):
 # The fix belongs in models/aligner.py and models/distiller.py (update the
 # tracker with the unscaled value, as Keras's own loss tracker does).
 TERM_LOGS = (
-    "history/aligner/a_loss", "history/aligner/b_loss",
-    "history/distiller/supervised_loss", "history/distiller/distillation_loss",
+    "history/aligner/a_loss",
+    "history/aligner/b_loss",
+    "history/distiller/supervised_loss",
+    "history/distiller/distillation_loss",
 )
 
 
@@ -232,14 +242,19 @@ def _compare(reference, run, label, keys):
                 problems.append(f"frozen {key} changed")
         elif not np.allclose(run[key], reference[key], atol=ATOL, rtol=1e-4):
             gap = np.max(np.abs(np.asarray(run[key]) - reference[key]))
-            problems.append(f"{key}: max gap {gap:.3g}, run {np.ravel(run[key])[:3]} vs one device {np.ravel(reference[key])[:3]}")
+            problems.append(
+                f"{key}: max gap {gap:.3g}, run {np.ravel(run[key])[:3]} vs one device {np.ravel(reference[key])[:3]}"
+            )
     assert not problems, f"{label} differs from one device:\n" + "\n".join(problems)
 
 
 def _check(root, reference, num_files, num_replicas, engine, skip=(), parts=ALL_PARTS):
     keys = [
-        k for k in reference
-        if not k.startswith("init/") and k not in ("num_replicas", "is_chief", "keras_backend") and k not in skip
+        k
+        for k in reference
+        if not k.startswith("init/")
+        and k not in ("num_replicas", "is_chief", "keras_backend")
+        and k not in skip
         and k.split("/")[1] in parts + ("srcc", "plcc", "loss", "emd", "accuracy")
     ]
     assert all(any(k.startswith(f"final/{p}/") for k in keys) for p in parts) and "evaluate/srcc" in keys
@@ -347,9 +362,22 @@ def test_torch_two_processes_gloo_torchrun(request):
     _skip_unless("torch")
     root, ref = request.getfixturevalue("reference")
     out = root / "torchrun"
-    argv = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-            os.path.join(HERE, "test_distribute.py"), "torch_process", str(out)]
+    argv = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        os.path.join(HERE, "test_distribute.py"),
+        "torch_process",
+        str(out),
+    ]
     _run([(argv, _env())])
     _check(out, ref, 2, 2, "torch.distributed (gloo)", parts=PROCESS_PARTS)
 

@@ -35,4 +35,6 @@ def test_examples_run(name, tmp_path, monkeypatch):
     for test in doctest.DocTestFinder(exclude_empty=True).find(module, name):
         runner.run(test, out=report.append)
     results = runner.summarize(verbose=False)
-    assert results.failed == 0, f"{results.failed} of {results.attempted} examples failed in {name}:\n" + "".join(report)
+    assert results.failed == 0, f"{results.failed} of {results.attempted} examples failed in {name}:\n" + "".join(
+        report
+    )

@@ -1,5 +1,4 @@
 import csv
-import io
 import json
 import os
 import subprocess
@@ -13,7 +12,6 @@ from PIL import Image
 from keras_cskd import cli
 from keras_cskd import export
 from keras_cskd.models import AestheticScorer
-
 from tests import tiny
 
 SERVE = """
@@ -52,9 +50,9 @@ def expected_outputs(model, paths):
 
     from keras_cskd.data import evaluation_view
 
-    views = np.stack([
-        evaluation_view(tf.io.decode_image(open(p, "rb").read(), channels=3), tiny.IMAGE_SIZE).numpy() for p in paths
-    ])
+    views = np.stack(
+        [evaluation_view(tf.io.decode_image(open(p, "rb").read(), channels=3), tiny.IMAGE_SIZE).numpy() for p in paths]
+    )
     distribution = keras.ops.convert_to_numpy(model(views))
     return distribution, distribution @ np.arange(1, 11)
 
@@ -67,18 +65,36 @@ def test_saved_model_serves_image_bytes_in_a_fresh_process(tmp_path):
     export.export(model_path, out)
 
     shown = subprocess.run(
-        [os.path.join(os.path.dirname(sys.executable), "saved_model_cli"), "show", "--dir", out,
-         "--tag_set", "serve", "--signature_def", "serving_default"],
-        capture_output=True, text=True, check=True,
+        [
+            os.path.join(os.path.dirname(sys.executable), "saved_model_cli"),
+            "show",
+            "--dir",
+            out,
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serving_default",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "image_bytes" in shown and "DT_STRING" in shown
     assert "distribution" in shown and "mean_score" in shown
 
     paths = write_pngs(str(tmp_path / "imgs"), [(32, 32), (50, 41), (20, 70)])
     env = dict(os.environ, KERAS_BACKEND="tensorflow")
-    served = json.loads(subprocess.run(
-        [sys.executable, "-c", SERVE, out, json.dumps(paths)], capture_output=True, text=True, check=True, env=env,
-    ).stdout.strip().splitlines()[-1])
+    served = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", SERVE, out, json.dumps(paths)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     distribution, mean = expected_outputs(model, paths)
     np.testing.assert_allclose(served["distribution"], distribution, atol=1e-4)
     np.testing.assert_allclose(served["mean_score"], mean, atol=1e-3)

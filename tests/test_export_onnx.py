@@ -17,7 +17,6 @@ from keras_cskd import cli
 from keras_cskd import export
 from keras_cskd import recipe
 from keras_cskd.models import AestheticScorer
-
 from tests import tiny
 
 BIN_VALUES = [0.0, 2.5, 5.0, 7.5, 10.0]

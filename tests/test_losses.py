@@ -56,9 +56,7 @@ def test_emd_edge_cases():
     # The CDFs differ in the first 9 of 10 bins by 1: sqrt(9 / 10).
     np.testing.assert_allclose(loss(one_hot_low, one_hot_high), [np.sqrt(0.9)], rtol=1e-6)
     counts = np.array([[0, 3, 10, 40, 70, 50, 20, 5, 1, 1]], dtype="float32")
-    np.testing.assert_allclose(
-        loss(counts, counts / counts.sum() * 7), [0.0], atol=1e-7
-    )
+    np.testing.assert_allclose(loss(counts, counts / counts.sum() * 7), [0.0], atol=1e-7)
     np.testing.assert_allclose(loss(counts, Q[:1]), emd_reference(counts, Q[:1]), rtol=1e-5)
 
 
@@ -67,7 +65,8 @@ def test_emd_sample_weight_and_reductions():
     per_sample = emd_reference(P, Q, squared=True)
     np.testing.assert_allclose(
         EMDLoss(squared=True)(P, Q, sample_weight=weights),
-        (per_sample * weights).sum() / len(weights), rtol=1e-5,
+        (per_sample * weights).sum() / len(weights),
+        rtol=1e-5,
     )
     np.testing.assert_allclose(EMDLoss(squared=True, reduction="sum")(P, Q), per_sample.sum(), rtol=1e-5)
 

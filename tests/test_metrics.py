@@ -5,7 +5,6 @@ from scipy import stats
 
 from keras_cskd import metrics
 from keras_cskd.models import AestheticScorer
-
 from tests import tiny
 
 RNG = np.random.default_rng(1)
@@ -74,7 +73,12 @@ def test_metrics_inside_evaluate_equal_scipy():
 
 @pytest.mark.parametrize(
     "metric",
-    [metrics.SRCC(max_samples=50), metrics.PLCC(bin_values=[1.0, 2.0]), metrics.ThresholdAccuracy(3.0), metrics.EMD(r=1)],
+    [
+        metrics.SRCC(max_samples=50),
+        metrics.PLCC(bin_values=[1.0, 2.0]),
+        metrics.ThresholdAccuracy(3.0),
+        metrics.EMD(r=1),
+    ],
 )
 def test_metrics_round_trip_config(metric):
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(metric))
@@ -120,8 +124,8 @@ def test_replica_gather_runs_inside_the_test_step():
     true = y @ np.arange(1, 11)
     all_true, all_pred = [], []
     for start in range(0, 12, 4):  # each step gathers its own batch
-        all_true += [true[start:start + 4]] * 2
-        all_pred += [pred[start:start + 4], pred[start:start + 4] + 1.0]
+        all_true += [true[start : start + 4]] * 2
+        all_pred += [pred[start : start + 4], pred[start : start + 4] + 1.0]
     all_true, all_pred = np.concatenate(all_true), np.concatenate(all_pred)
     assert int(srcc.count) == 24
     np.testing.assert_allclose(results["srcc"], stats.spearmanr(all_true, all_pred)[0], rtol=1e-3, atol=1e-5)

@@ -15,7 +15,6 @@ from keras_cskd.layers import ScoreHead
 from keras_cskd.models import AestheticScorer
 from keras_cskd.models import CLIPFeatureAligner
 from keras_cskd.models import SemiSupervisedDistiller
-
 from tests import tiny
 
 
@@ -112,7 +111,9 @@ def test_distiller_with_precomputed_pseudo_labels_and_no_teacher():
 
 def test_distiller_rejects_mismatched_bins():
     with pytest.raises(ValueError, match="10 bins but the student 5"):
-        SemiSupervisedDistiller(AestheticScorer(tiny.conv_backbone()), AestheticScorer(tiny.conv_backbone(), num_bins=5))
+        SemiSupervisedDistiller(
+            AestheticScorer(tiny.conv_backbone()), AestheticScorer(tiny.conv_backbone(), num_bins=5)
+        )
 
 
 def layers_model():
@@ -193,8 +194,11 @@ def test_torch_zeroes_every_gradient_between_steps():
     x = tiny.images(4)
     teacher = AestheticScorer(tiny.conv_backbone(), name="teacher")
     models = [
-        CLIPFeatureAligner(CLIPImageTeacher.from_backbone(tiny.clip_backbone()),
-                           {"teacher": tiny.conv_backbone(), "student": tiny.conv_backbone()}, projection_hidden_dim=8),
+        CLIPFeatureAligner(
+            CLIPImageTeacher.from_backbone(tiny.clip_backbone()),
+            {"teacher": tiny.conv_backbone(), "student": tiny.conv_backbone()},
+            projection_hidden_dim=8,
+        ),
         SemiSupervisedDistiller(teacher, AestheticScorer(tiny.conv_backbone(), name="student")),
     ]
     batches = [(x, None), ({"labeled_images": x, "unlabeled_images": x}, tiny.learnable_scores(x))]
@@ -219,8 +223,9 @@ def test_mixed_precision_policy_survives_a_round_trip(tmp_path):
         teacher = CLIPImageTeacher.from_backbone(tiny.clip_backbone(), image_size=tiny.IMAGE_SIZE)
         models = {
             "scorer": AestheticScorer(tiny.conv_backbone(4), num_bins=5, dtype="mixed_bfloat16"),
-            "aligner": CLIPFeatureAligner(teacher, {"student": tiny.conv_backbone(4)}, projection_hidden_dim=8,
-                                          dtype="mixed_bfloat16"),
+            "aligner": CLIPFeatureAligner(
+                teacher, {"student": tiny.conv_backbone(4)}, projection_hidden_dim=8, dtype="mixed_bfloat16"
+            ),
         }
         for model in models.values():
             model.save(str(tmp_path / f"{model.name}.keras"))

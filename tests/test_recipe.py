@@ -14,7 +14,6 @@ from keras_cskd import data
 from keras_cskd import recipe
 from keras_cskd.models import AestheticScorer
 from keras_cskd.models import SemiSupervisedDistiller
-
 from tests import tiny
 
 
@@ -68,8 +67,12 @@ def test_whole_recipe_writes_every_artifact_and_skips_finished_phases(tmp_path):
     for values in results.values():
         assert set(values) == {"srcc", "plcc", "accuracy", "emd"}
     results["cskd_gain_over_labels_only"] = gain
-    for phase, model in [("align", "aligner"), ("teacher", "teacher"), ("baseline", "student_labels_only"),
-                         ("distill", "student")]:
+    for phase, model in [
+        ("align", "aligner"),
+        ("teacher", "teacher"),
+        ("baseline", "student_labels_only"),
+        ("distill", "student"),
+    ]:
         assert os.path.exists(os.path.join(out, phase, f"{model}.keras"))
         assert os.path.exists(os.path.join(out, phase, "history.csv"))
         assert os.listdir(os.path.join(out, phase, "logs"))  # TensorBoard
@@ -108,8 +111,11 @@ def test_phase_table_drives_cli_and_evaluation():
     assert set(commands) <= set(choices)
     assert recipe.PHASES == tuple(spec.name for spec in recipe.PHASE_TABLE)
     scorers = {spec.report_name: spec.scorer_file for spec in recipe.PHASE_TABLE if spec.scorer_file}
-    assert scorers == {"teacher": "teacher.keras", "student (labels only)": "student_labels_only.keras",
-                       "student (CSKD)": "student.keras"}
+    assert scorers == {
+        "teacher": "teacher.keras",
+        "student (labels only)": "student_labels_only.keras",
+        "student (CSKD)": "student.keras",
+    }
 
 
 @pytest.mark.parametrize("xla", ["auto", "on", "off"])
@@ -161,8 +167,21 @@ def test_distribute_flag_goes_through_the_distribution_strategy(tmp_path):
     config.write_text(tiny_config().to_toml())
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run(
-        [sys.executable, "-m", "keras_cskd.cli", "evaluate", "--config", str(config), "--out", str(tmp_path / "run"),
-         "--distribute"], cwd=root, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "keras_cskd.cli",
+            "evaluate",
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "run"),
+            "--distribute",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 1
     assert "nothing to evaluate" in result.stderr
@@ -239,8 +258,9 @@ def test_sigkill_mid_phase_resumes_from_last_completed_epoch(tmp_path):
     out = str(tmp_path / "run")
     first_checkpoint = os.path.join(out, "align", "checkpoint", "epoch-00001")  # renamed into place when complete
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    process = subprocess.Popen([sys.executable, "-c", KILL_TARGET, out], cwd=root,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILL_TARGET, out], cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 400
     while time.time() < deadline and process.poll() is None:
         if os.path.exists(first_checkpoint):
@@ -287,7 +307,10 @@ def test_resumed_phase_trains_exactly_as_an_uninterrupted_one(tmp_path):
         distiller.compile(optimizer=keras.optimizers.Adam(1e-2))
         clock = data.PassClock(seed=3)
         dataset = data.semi_supervised_dataset(
-            records, [world.unlabeled_dir, world.unlabeled_dir], image_size=tiny.IMAGE_SIZE, batch_size=4,
+            records,
+            [world.unlabeled_dir, world.unlabeled_dir],
+            image_size=tiny.IMAGE_SIZE,
+            batch_size=4,
             passes=clock,
         )
         phase = recipe.Phase(str(tmp_path / folder), "distill", log=lambda *_: None)

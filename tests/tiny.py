@@ -10,12 +10,21 @@ IMAGE_SIZE = 32
 def clip_backbone(projection_dim=8):
     """A random CLIP small enough for a test (one layer, 16 wide)."""
     vision = keras_hub.models.CLIPVisionEncoder(
-        patch_size=8, hidden_dim=16, num_layers=1, num_heads=2,
-        intermediate_dim=32, image_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
+        patch_size=8,
+        hidden_dim=16,
+        num_layers=1,
+        num_heads=2,
+        intermediate_dim=32,
+        image_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
     )
     text = keras_hub.models.CLIPTextEncoder(
-        vocabulary_size=64, embedding_dim=16, hidden_dim=16, num_layers=1,
-        num_heads=2, intermediate_dim=32, max_sequence_length=8,
+        vocabulary_size=64,
+        embedding_dim=16,
+        hidden_dim=16,
+        num_layers=1,
+        num_heads=2,
+        intermediate_dim=32,
+        max_sequence_length=8,
     )
     return keras_hub.models.CLIPBackbone(vision, text, projection_dim=projection_dim)
 
@@ -35,15 +44,23 @@ def conv_backbone(width=8):
 
 def vit_backbone():
     return keras_hub.models.ViTBackbone(
-        image_shape=(IMAGE_SIZE, IMAGE_SIZE, 3), patch_size=8, num_layers=1,
-        num_heads=2, hidden_dim=16, mlp_dim=32,
+        image_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
+        patch_size=8,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        mlp_dim=32,
     )
 
 
 def swin_backbone():
     return keras_hub.models.SwinTransformerBackbone(
-        image_shape=(IMAGE_SIZE, IMAGE_SIZE, 3), embed_dim=8, depths=[1, 1],
-        num_heads=[1, 2], window_size=4, patch_size=4,
+        image_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
+        embed_dim=8,
+        depths=[1, 1],
+        num_heads=[1, 2],
+        window_size=4,
+        patch_size=4,
     )
 
 

@@ -16,9 +16,6 @@ Nothing here uses torch.compile (eager, as the pseudo-code reads); `--peer-compi
 in the benchmark turns it on. No torchvision is needed.
 """
 
-import math
-import time
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -63,7 +60,9 @@ class Block(nn.Module):
 class ViT(nn.Module):
     """Pre-norm ViT. `clip=True`: CLIP's pre-LN, quick-GELU, class token + projection + L2 norm."""
 
-    def __init__(self, image_size, patch_size, hidden_dim, num_layers, num_heads, mlp_dim, clip=False, projection_dim=None):
+    def __init__(
+        self, image_size, patch_size, hidden_dim, num_layers, num_heads, mlp_dim, clip=False, projection_dim=None
+    ):
         super().__init__()
         self.clip = clip
         self.norm = Normalize(CLIP_MEAN, CLIP_STD) if clip else Normalize(IMAGENET_MEAN, IMAGENET_STD)
@@ -88,7 +87,10 @@ class ViT(nn.Module):
 
 
 def _conv_bn(cin, cout, k, s, groups=1, act=True):
-    layers = [nn.Conv2d(cin, cout, k, s, (k - 1) // 2, groups=groups, bias=False), nn.BatchNorm2d(cout, eps=1e-3, momentum=0.001)]
+    layers = [
+        nn.Conv2d(cin, cout, k, s, (k - 1) // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout, eps=1e-3, momentum=0.001),
+    ]
     if act:
         layers.append(nn.ReLU6(inplace=True))
     return nn.Sequential(*layers)
@@ -110,7 +112,15 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(nn.Module):
     """MobileNetV2 width 1.0 (the keras.applications / torchvision layout), pooled 1280 features."""
 
-    SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+    SETTINGS = [
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ]
 
     def __init__(self):
         super().__init__()
@@ -134,7 +144,9 @@ class Learner(nn.Module):
     def __init__(self, backbone, hidden_dim, output_dim):
         super().__init__()
         self.backbone = backbone
-        self.projector = nn.Sequential(nn.Linear(backbone.feature_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, output_dim))
+        self.projector = nn.Sequential(
+            nn.Linear(backbone.feature_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, output_dim)
+        )
 
     def forward(self, x):
         return self.projector(self.backbone(x))
@@ -158,7 +170,16 @@ def build(config):
     """(clip, teacher_backbone_fn, student_backbone_fn) for a benchmark size config."""
     s = config["image_size"]
     c, t = config["clip"], config["teacher"]
-    clip = ViT(s, c["patch_size"], c["hidden_dim"], c["num_layers"], c["num_heads"], c["mlp_dim"], clip=True, projection_dim=c["projection_dim"])
+    clip = ViT(
+        s,
+        c["patch_size"],
+        c["hidden_dim"],
+        c["num_layers"],
+        c["num_heads"],
+        c["mlp_dim"],
+        clip=True,
+        projection_dim=c["projection_dim"],
+    )
     if t["kind"] != "vit":
         raise NotImplementedError(f"the torch peer has no {t['kind']!r} teacher (only 'vit')")
     teacher = lambda: ViT(s, t["patch_size"], t["hidden_dim"], t["num_layers"], t["num_heads"], t["mlp_dim"])
@@ -199,7 +220,10 @@ def steps(config, compile_models=False, device="cpu"):
         return step
 
     result["align"] = (alignment([Learner(teacher_fn(), hidden, emb), Learner(student_fn(), hidden, emb)], False), b)
-    result["align_cached"] = (alignment([Learner(teacher_fn(), hidden, emb), Learner(student_fn(), hidden, emb)], True), b)
+    result["align_cached"] = (
+        alignment([Learner(teacher_fn(), hidden, emb), Learner(student_fn(), hidden, emb)], True),
+        b,
+    )
     result["align_student"] = (alignment([Learner(student_fn(), hidden, emb)], False), b)
     result["align_student_cached"] = (alignment([Learner(student_fn(), hidden, emb)], True), b)
 

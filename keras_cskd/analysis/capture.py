@@ -109,8 +109,7 @@ class AttentionCapture:
         if not all(self._counts):
             missing = [s.name for s, c in zip(self.sites, self._counts) if not c]
             hint = (
-                " It only ran compiled (predict, jit, tf.function): run it eagerly, "
-                "e.g. `capture.run(images)`."
+                " It only ran compiled (predict, jit, tf.function): run it eagerly, e.g. `capture.run(images)`."
                 if self._compiled_calls
                 else " Run the model first."
             )
@@ -211,7 +210,4 @@ def compare(models, images, batch_size=16, backbone=None):
     >>> stats = compare({"before": vit, "after": aligned_vit}, images)  # doctest: +SKIP
     >>> plot(stats, "out/")  # doctest: +SKIP
     """
-    return {
-        name: attention_statistics(model, images, batch_size, backbone)
-        for name, model in models.items()
-    }
+    return {name: attention_statistics(model, images, batch_size, backbone) for name, model in models.items()}

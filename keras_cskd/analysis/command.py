@@ -56,8 +56,12 @@ def image_batches(files, size, batch_size=16):
     Decoded by the data layer, so broken files are skipped and counted.
     """
     dataset = data.unlabeled_dataset(
-        data.ImageFiles(files), training=False, image_size=size, batch_size=batch_size,
-        crop_fraction=1.0, dtype="float32",
+        data.ImageFiles(files),
+        training=False,
+        image_size=size,
+        batch_size=batch_size,
+        crop_fraction=1.0,
+        dtype="float32",
     )
     return dataset.as_numpy_iterator()
 
@@ -189,14 +193,10 @@ def register_command(subparsers):
     )
     parser.add_argument("--images", nargs="+", metavar="PATH", help="image files or folders")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument(
-        "--image-size", type=_size, metavar="N|HxW", help="default: each model's input size"
-    )
+    parser.add_argument("--image-size", type=_size, metavar="N|HxW", help="default: each model's input size")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-images", type=int, metavar="N", help="use the first N images")
-    parser.add_argument(
-        "--backbone", metavar="NAME", help="backbone layer name, if a model holds several"
-    )
+    parser.add_argument("--backbone", metavar="NAME", help="backbone layer name, if a model holds several")
     parser.set_defaults(func=run_command)
     return parser
 

@@ -41,10 +41,7 @@ def image_hw(image_shape, data_format):
 def _global_sites(blocks, attention_of, image_size, patch_size, num_prefix_tokens):
     patch = pair(patch_size)
     grid = (image_size[0] // patch[0], image_size[1] // patch[1])
-    return [
-        Site(block.name, attention_of(block), "global", grid, patch, num_prefix_tokens)
-        for block in blocks
-    ]
+    return [Site(block.name, attention_of(block), "global", grid, patch, num_prefix_tokens) for block in blocks]
 
 
 def _vit_sites(backbone):

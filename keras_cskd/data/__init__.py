@@ -29,23 +29,30 @@ TFDS builders for AVA, AADB and PARA live in `keras_cskd.data.tfds_builders`
 """
 
 from keras_cskd.data import synthetic
-from keras_cskd.data.cache import CachedOutputs, FrozenOutputCache, fingerprint
-from keras_cskd.data.images import IMAGE_EXTENSIONS, SkipCounter, decode_image, list_images
+from keras_cskd.data.cache import CachedOutputs
+from keras_cskd.data.cache import FrozenOutputCache
+from keras_cskd.data.cache import fingerprint
+from keras_cskd.data.images import IMAGE_EXTENSIONS
+from keras_cskd.data.images import SkipCounter
+from keras_cskd.data.images import decode_image
+from keras_cskd.data.images import list_images
 from keras_cskd.data.passes import PassClock
-from keras_cskd.data.pipelines import (
-    clip_view,
-    ImageFiles,
-    Look,
-    TFDSImages,
-    as_sources,
-    crop_resize,
-    evaluation_view,
-    labeled_dataset,
-    semi_supervised_dataset,
-    unlabeled_dataset,
-)
-from keras_cskd.data.readers import read_aadb, read_ava, read_para
-from keras_cskd.data.records import LabeledRecords, LabelFormatError, mean_to_distribution
+from keras_cskd.data.pipelines import ImageFiles
+from keras_cskd.data.pipelines import Look
+from keras_cskd.data.pipelines import TFDSImages
+from keras_cskd.data.pipelines import as_sources
+from keras_cskd.data.pipelines import clip_view
+from keras_cskd.data.pipelines import crop_resize
+from keras_cskd.data.pipelines import evaluation_view
+from keras_cskd.data.pipelines import labeled_dataset
+from keras_cskd.data.pipelines import semi_supervised_dataset
+from keras_cskd.data.pipelines import unlabeled_dataset
+from keras_cskd.data.readers import read_aadb
+from keras_cskd.data.readers import read_ava
+from keras_cskd.data.readers import read_para
+from keras_cskd.data.records import LabeledRecords
+from keras_cskd.data.records import LabelFormatError
+from keras_cskd.data.records import mean_to_distribution
 
 __all__ = [
     "IMAGE_EXTENSIONS",

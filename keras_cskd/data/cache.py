@@ -66,17 +66,16 @@ import tensorflow as tf
 
 from keras_cskd.data.images import SkipCounter
 from keras_cskd.data.passes import pass_clock
-from keras_cskd.data.pipelines import (
-    clip_view,
-    ImageFiles,
-    Look,
-    as_sources,
-    crop_resize,
-    finish,
-    semi_supervised_batches,
-    unlabeled_elements,
-)
-from keras_cskd.keys import PSEUDO_LABELS, UNLABELED_IMAGES
+from keras_cskd.data.pipelines import ImageFiles
+from keras_cskd.data.pipelines import Look
+from keras_cskd.data.pipelines import as_sources
+from keras_cskd.data.pipelines import clip_view
+from keras_cskd.data.pipelines import crop_resize
+from keras_cskd.data.pipelines import finish
+from keras_cskd.data.pipelines import semi_supervised_batches
+from keras_cskd.data.pipelines import unlabeled_elements
+from keras_cskd.keys import PSEUDO_LABELS
+from keras_cskd.keys import UNLABELED_IMAGES
 
 FORMAT_VERSION = 1
 
@@ -319,7 +318,11 @@ class FrozenOutputCache:
         _atomic_write(
             path,
             lambda f: np.savez(
-                f, version=np.int64(FORMAT_VERSION), files=np.array(files, str), ok=ok, outputs=outputs,
+                f,
+                version=np.int64(FORMAT_VERSION),
+                files=np.array(files, str),
+                ok=ok,
+                outputs=outputs,
                 sizes=np.array([e[1] for e in entries], np.int64),
                 mtimes_ns=np.array([e[2] for e in entries], np.int64),
             ),
@@ -364,7 +367,9 @@ class FrozenOutputCache:
                 result = self._read_shard(view, shard)
                 if result is None:
                     if not compute:
-                        raise FileNotFoundError(f"cache shard of {shard[0][0]} ... is not computed (view {self.view_tag(view)})")
+                        raise FileNotFoundError(
+                            f"cache shard of {shard[0][0]} ... is not computed (view {self.view_tag(view)})"
+                        )
                     result = self._compute_shard(view, shard)
                     computed += 1
                     listing[_shard_key(shard)] = {"files": len(shard), "ok": len(result[0]), "first": shard[0][0]}
@@ -416,7 +421,15 @@ class FrozenOutputCache:
     # === tf.data ===
 
     def dataset(
-        self, sources, *, batch_size=32, training=True, passes=None, seed=None, repeat=False, compute=True,
+        self,
+        sources,
+        *,
+        batch_size=32,
+        training=True,
+        passes=None,
+        seed=None,
+        repeat=False,
+        compute=True,
         skipped=None,
     ):
         """Batches `(images, cached_outputs)` for `fit`, computing missing shards first.
@@ -441,9 +454,7 @@ class FrozenOutputCache:
         if not len(cached):
             raise ValueError("no readable image files to cache")
         table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(
-                tf.constant(cached.paths), tf.range(len(cached.paths), dtype=tf.int64)
-            ),
+            tf.lookup.KeyValueTensorInitializer(tf.constant(cached.paths), tf.range(len(cached.paths), dtype=tf.int64)),
             default_value=-1,
         )
         outputs = tf.constant(cached.outputs)
@@ -461,13 +472,26 @@ class FrozenOutputCache:
             return {**element, "image": image, "output": tf.gather_nd(outputs, tf.stack([row, view]))}
 
         return unlabeled_elements(
-            ImageFiles(cached.paths, name="cache"), cached_view, clock=clock,
-            counter=self.skipped if skipped is None else skipped, training=training, repeat=repeat,
+            ImageFiles(cached.paths, name="cache"),
+            cached_view,
+            clock=clock,
+            counter=self.skipped if skipped is None else skipped,
+            training=training,
+            repeat=repeat,
         )
 
     def semi_supervised_dataset(
-        self, records, unlabeled, split="train", *, batch_size=32, unlabeled_ratio=1.0, passes=None, seed=None,
-        compute=True, skipped=None,
+        self,
+        records,
+        unlabeled,
+        split="train",
+        *,
+        batch_size=32,
+        unlabeled_ratio=1.0,
+        passes=None,
+        seed=None,
+        compute=True,
+        skipped=None,
     ):
         """`({LABELED_IMAGES, UNLABELED_IMAGES, PSEUDO_LABELS}, distributions)` for `SemiSupervisedDistiller`.
 
@@ -482,7 +506,13 @@ class FrozenOutputCache:
         images = self._elements(unlabeled, clock, counter, training=True, repeat=True, compute=compute)
         images = images.map(lambda e: {UNLABELED_IMAGES: e["image"], PSEUDO_LABELS: e["output"]})
         ds = semi_supervised_batches(
-            records, split, images, self.look, batch_size=batch_size, unlabeled_ratio=unlabeled_ratio, clock=clock,
+            records,
+            split,
+            images,
+            self.look,
+            batch_size=batch_size,
+            unlabeled_ratio=unlabeled_ratio,
+            clock=clock,
             counter=counter,
         )
         return finish(ds, clock)

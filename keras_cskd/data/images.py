@@ -22,7 +22,9 @@ import threading
 import numpy as np
 import tensorflow as tf
 
-from keras_cskd.data.passes import element_seeds, first, side_step
+from keras_cskd.data.passes import element_seeds
+from keras_cskd.data.passes import first
+from keras_cskd.data.passes import side_step
 
 logger = logging.getLogger("keras_cskd.data")
 
@@ -189,7 +191,10 @@ class SkipCounter:
         shown = ", ".join(f"{p} ({skip_reason(p)})" for p in missing[:3])
         logger.warning(
             "%s: skipped %d of %d image files in this pass (unreadable or not images), e.g. %s",
-            name, len(missing), len(paths), shown,
+            name,
+            len(missing),
+            len(paths),
+            shown,
         )
 
     def __repr__(self):
@@ -214,7 +219,15 @@ def skip_reason(path):
 
 
 def file_image_stream(
-    paths, labels=None, *, clock=None, salt=0, deterministic=True, keep_length=False, repeat=False, counter=None,
+    paths,
+    labels=None,
+    *,
+    clock=None,
+    salt=0,
+    deterministic=True,
+    keep_length=False,
+    repeat=False,
+    counter=None,
     name="images",
 ):
     """Dataset of `{"image", "key", ["label"]}` decoded from files, bad files skipped.
@@ -281,7 +294,9 @@ def file_image_stream(
     elif keep_length or repeat:
         # Pass after pass, each with its own order; stops after a pass that found no image (as `repeat` does).
         def passes(seed):
-            go_on = element_seeds(seed).take_while(lambda _: tf.py_function(lambda: not last_pass["empty"], [], tf.bool))
+            go_on = element_seeds(seed).take_while(
+                lambda _: tf.py_function(lambda: not last_pass["empty"], [], tf.bool)
+            )
             return go_on.flat_map(shuffled_pass)
 
         ds = clock.each_pass(salt, passes)

@@ -59,9 +59,18 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from keras_cskd.data.images import decode_image, file_image_stream, is_image_file, list_images
-from keras_cskd.data.passes import element_seeds, first, keep_cardinality, pass_clock
-from keras_cskd.keys import CLIP_IMAGES, IMAGES, LABELED_IMAGES, UNLABELED_IMAGES
+from keras_cskd.data.images import decode_image
+from keras_cskd.data.images import file_image_stream
+from keras_cskd.data.images import is_image_file
+from keras_cskd.data.images import list_images
+from keras_cskd.data.passes import element_seeds
+from keras_cskd.data.passes import first
+from keras_cskd.data.passes import keep_cardinality
+from keras_cskd.data.passes import pass_clock
+from keras_cskd.keys import CLIP_IMAGES
+from keras_cskd.keys import IMAGES
+from keras_cskd.keys import LABELED_IMAGES
+from keras_cskd.keys import UNLABELED_IMAGES
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -200,8 +209,10 @@ def as_sources(sources):
     >>> [s.size for s in as_sources(["a.jpg", "b.jpg"])]
     [2]
     """
-    if isinstance(sources, (list, tuple)) and sources and all(
-        isinstance(s, (str, os.PathLike)) and is_image_file(s) for s in sources
+    if (
+        isinstance(sources, (list, tuple))
+        and sources
+        and all(isinstance(s, (str, os.PathLike)) and is_image_file(s) for s in sources)
     ):
         return [ImageFiles(sources)]
     if isinstance(sources, (str, os.PathLike)) or hasattr(sources, "stream"):
@@ -392,16 +403,12 @@ def labeled_batches(records, split, look, *, batch_size, training, clock, counte
         counter=counter,
         name=f"{records.name}/{split or 'all'}",
     )
-    ds = _view_each(
-        ds, look_view(look, training), training=training, clock=clock, salt=1, deterministic=deterministic
-    )
+    ds = _view_each(ds, look_view(look, training), training=training, clock=clock, salt=1, deterministic=deterministic)
     ds = ds.map(lambda e: (e["image"], e["label"]))
     return ds.batch(batch_size, drop_remainder=training)
 
 
-def unlabeled_elements(
-    sources, view, *, clock, counter, training=True, weights=None, num_examples=None, repeat=False
-):
+def unlabeled_elements(sources, view, *, clock, counter, training=True, weights=None, num_examples=None, repeat=False):
     """Unbatched elements `{"image", "key", ...}` of unlabeled sources, each through `view`.
 
     The stage `unlabeled_dataset` is made of (before batching). `view(element,
@@ -444,12 +451,10 @@ def semi_supervised_batches(records, split, unlabeled, look, *, batch_size, unla
     and the labeled split defines the epoch. The stage
     `semi_supervised_dataset` is made of (before `finish`).
     """
-    labeled = labeled_batches(
-        records, split, look, batch_size=batch_size, training=True, clock=clock, counter=counter
-    )
+    labeled = labeled_batches(records, split, look, batch_size=batch_size, training=True, clock=clock, counter=counter)
     unlabeled = unlabeled.batch(max(1, int(round(batch_size * unlabeled_ratio))), drop_remainder=True)
     ds = tf.data.Dataset.zip(labeled, unlabeled)
-    ds = ds.map(lambda l, u: ({LABELED_IMAGES: l[0], **u}, l[1]))
+    ds = ds.map(lambda labeled_batch, u: ({LABELED_IMAGES: labeled_batch[0], **u}, labeled_batch[1]))
     return keep_cardinality(ds, labeled)
 
 
@@ -515,7 +520,12 @@ def labeled_dataset(
     clock = pass_clock(passes, seed)
     look = Look(image_size, crop_fraction, keep_aspect_ratio, dtype)
     ds = labeled_batches(
-        records, split, look, batch_size=batch_size, training=training, clock=clock,
+        records,
+        split,
+        look,
+        batch_size=batch_size,
+        training=training,
+        clock=clock,
         counter=skipped,
     )
     return finish(ds, clock)
@@ -580,8 +590,14 @@ def unlabeled_dataset(
     clock = pass_clock(passes, seed)
     look = Look(image_size, crop_fraction, keep_aspect_ratio, dtype)
     ds = unlabeled_elements(
-        sources, look_view(look, training, clip_view_size), clock=clock, counter=skipped, training=training,
-        weights=weights, num_examples=num_examples, repeat=repeat,
+        sources,
+        look_view(look, training, clip_view_size),
+        clock=clock,
+        counter=skipped,
+        training=training,
+        weights=weights,
+        num_examples=num_examples,
+        repeat=repeat,
     )
     ds = ds.batch(batch_size, drop_remainder=training)
     if clip_view_size:
@@ -646,7 +662,13 @@ def semi_supervised_dataset(
     )
     images = images.map(lambda e: {UNLABELED_IMAGES: e["image"]})
     ds = semi_supervised_batches(
-        records, split, images, look, batch_size=batch_size, unlabeled_ratio=unlabeled_ratio, clock=clock,
+        records,
+        split,
+        images,
+        look,
+        batch_size=batch_size,
+        unlabeled_ratio=unlabeled_ratio,
+        clock=clock,
         counter=skipped,
     )
     return finish(ds, clock)

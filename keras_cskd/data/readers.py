@@ -12,16 +12,14 @@ import os
 
 import numpy as np
 
-from keras_cskd.data.records import (
-    LabeledRecords,
-    assign_splits,
-    mean_to_distribution,
-    parse_csv_rows,
-    parse_text_rows,
-    read_id_list,
-    nearest_bins,
-    votes_to_distribution,
-)
+from keras_cskd.data.records import LabeledRecords
+from keras_cskd.data.records import assign_splits
+from keras_cskd.data.records import mean_to_distribution
+from keras_cskd.data.records import nearest_bins
+from keras_cskd.data.records import parse_csv_rows
+from keras_cskd.data.records import parse_text_rows
+from keras_cskd.data.records import read_id_list
+from keras_cskd.data.records import votes_to_distribution
 
 AVA_BINS = np.arange(1, 11, dtype=np.float32)
 AADB_BINS = np.arange(1, 6, dtype=np.float32)
@@ -242,9 +240,7 @@ def read_para(root, images_dir=None, labels="auto", val_fraction=0.05, test_frac
             float(mean) if mean not in (None, "") else None,
         )
 
-    giaa_files = [giaa_all] if os.path.isfile(giaa_all) else [
-        p for p in (giaa_train, giaa_test) if os.path.isfile(p)
-    ]
+    giaa_files = [giaa_all] if os.path.isfile(giaa_all) else [p for p in (giaa_train, giaa_test) if os.path.isfile(p)]
     rows = [r for path in giaa_files for r in parse_csv_rows(path, parse_image, key_columns)]
     if not rows and not os.path.isfile(users_csv):
         raise FileNotFoundError(f"PARA annotation not found: {giaa_all} or {users_csv}")

@@ -57,18 +57,14 @@ class LabeledRecords:
         """
         weights = np.asarray(weights, np.float64)
         if weights.ndim != 2 or len(weights) != len(paths):
-            raise ValueError(
-                f"weights must be (N, num_bins) with N={len(paths)}, got {weights.shape}"
-            )
+            raise ValueError(f"weights must be (N, num_bins) with N={len(paths)}, got {weights.shape}")
         for i, row in enumerate(weights):
             _check_weights(row, f"row {i}")
         n = len(paths)
         bins = np.arange(1, weights.shape[1] + 1) if bin_values is None else bin_values
         return cls(
             name=name,
-            ids=np.asarray(
-                ids if ids is not None else [os.path.basename(str(p)) for p in paths], str
-            ),
+            ids=np.asarray(ids if ids is not None else [os.path.basename(str(p)) for p in paths], str),
             paths=np.asarray([str(p) for p in paths], str),
             distributions=(weights / weights.sum(1, keepdims=True)).astype(np.float32),
             bin_values=np.asarray(bins, np.float32),
@@ -81,8 +77,7 @@ class LabeledRecords:
             raise ValueError(f"dataset {self.name!r} is empty: no labeled images were found")
         if self.distributions.shape != (n, len(self.bin_values)):
             raise ValueError(
-                f"distributions {self.distributions.shape} do not match "
-                f"{n} paths x {len(self.bin_values)} bins"
+                f"distributions {self.distributions.shape} do not match {n} paths x {len(self.bin_values)} bins"
             )
 
     def __len__(self):
@@ -106,10 +101,7 @@ class LabeledRecords:
         index = self.splits.get(split)
         if index is None or len(index) == 0:
             sizes = ", ".join(f"{k}={len(v)}" for k, v in self.splits.items())
-            raise ValueError(
-                f"split {split!r} of dataset {self.name!r} selects no images "
-                f"(splits: {sizes})"
-            )
+            raise ValueError(f"split {split!r} of dataset {self.name!r} selects no images (splits: {sizes})")
         return dataclasses.replace(
             self,
             ids=self.ids[index],

@@ -55,7 +55,9 @@ import shutil
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage, special, stats
+from scipy import ndimage
+from scipy import special
+from scipy import stats
 
 WEIGHTS = {"exposure": 0.3, "sharpness": 0.25, "harmony": 0.2, "composition": 0.25}
 IMAGE_NOISE = 0.4
@@ -291,9 +293,16 @@ def make_world(
     world = World(out_dir, ava, test_list, unlabeled_dir, oracle_srcc=oracle, **roots)
     with open(os.path.join(out_dir, "world.json"), "w") as f:
         json.dump(
-            {**dataclasses.asdict(world), "num_labeled": num_labeled, "num_unlabeled": num_unlabeled,
-             "image_size": image_size, "seed": seed, "weights": WEIGHTS},
-            f, indent=1,
+            {
+                **dataclasses.asdict(world),
+                "num_labeled": num_labeled,
+                "num_unlabeled": num_unlabeled,
+                "image_size": image_size,
+                "seed": seed,
+                "weights": WEIGHTS,
+            },
+            f,
+            indent=1,
         )
     return world
 

@@ -39,11 +39,11 @@ import logging
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-
 from etils import epath
 
 from keras_cskd.data import readers
-from keras_cskd.data.images import decode_image, exif_orientation
+from keras_cskd.data.images import decode_image
+from keras_cskd.data.images import exif_orientation
 
 logger = logging.getLogger("keras_cskd.data")
 
@@ -108,16 +108,22 @@ class _AestheticsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
             if image is None:
                 skipped.append(path)
                 continue
-            yield str(image_id), {
-                "image": image,
-                "image_id": str(image_id),
-                "distribution": dist,
-                "mean_score": np.float32(dist @ self.BINS),
-            }
+            yield (
+                str(image_id),
+                {
+                    "image": image,
+                    "image_id": str(image_id),
+                    "distribution": dist,
+                    "mean_score": np.float32(dist @ self.BINS),
+                },
+            )
         if skipped:
             logger.warning(
                 "%s: left out %d of %d images that could not be decoded, e.g. %s",
-                self.name, len(skipped), len(records), ", ".join(skipped[:3]),
+                self.name,
+                len(skipped),
+                len(records),
+                ", ".join(skipped[:3]),
             )
 
 

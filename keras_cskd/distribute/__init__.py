@@ -73,8 +73,17 @@ class DataParallel:
         distribution: the `keras.distribution.DataParallel` (JAX only).
     """
 
-    def __init__(self, backend, engine, num_replicas, num_processes=1, process_index=0,
-                 mixed_precision=None, tf_strategy=None, distribution=None):
+    def __init__(
+        self,
+        backend,
+        engine,
+        num_replicas,
+        num_processes=1,
+        process_index=0,
+        mixed_precision=None,
+        tf_strategy=None,
+        distribution=None,
+    ):
         self.backend = backend
         self.engine = engine
         self.num_replicas = num_replicas

@@ -7,7 +7,10 @@ import keras
 
 
 def _multi_process_requested():
-    if os.environ.get("KERAS_DISTRIBUTION_JOB_ADDRESSES") or int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "1")) > 1:
+    if (
+        os.environ.get("KERAS_DISTRIBUTION_JOB_ADDRESSES")
+        or int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "1")) > 1
+    ):
         return True
     return int(os.environ.get("SLURM_NTASKS", "1")) > 1
 

@@ -13,7 +13,8 @@ def setup(devices=None):
     if num_workers > 1:
         gpus = tf.config.list_physical_devices("GPU")
         implementation = (
-            tf.distribute.experimental.CommunicationImplementation.NCCL if gpus
+            tf.distribute.experimental.CommunicationImplementation.NCCL
+            if gpus
             else tf.distribute.experimental.CommunicationImplementation.RING
         )
         strategy = tf.distribute.MultiWorkerMirroredStrategy(

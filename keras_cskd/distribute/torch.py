@@ -82,7 +82,7 @@ def all_reduce_mean(tensors):
     offset = 0
     for t in tensors:
         n = t.numel()
-        t.copy_(flat[offset:offset + n].reshape(t.shape).to(t.dtype))
+        t.copy_(flat[offset : offset + n].reshape(t.shape).to(t.dtype))
         offset += n
 
 

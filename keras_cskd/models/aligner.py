@@ -95,10 +95,15 @@ class CLIPFeatureAligner(SubclassedModel):
         self.teacher.trainable = False
         self.learner_names = list(learners)
         self.learner_models = [
-            spec if isinstance(spec, AlignedLearner)
+            spec
+            if isinstance(spec, AlignedLearner)
             else AlignedLearner(
-                spec, output_dim=embedding_dim, hidden_dim=projection_hidden_dim, image_size=image_size,
-                dtype=self.dtype_policy, name=name,
+                spec,
+                output_dim=embedding_dim,
+                hidden_dim=projection_hidden_dim,
+                image_size=image_size,
+                dtype=self.dtype_policy,
+                name=name,
             )
             for name, spec in learners.items()
         ]
@@ -123,8 +128,7 @@ class CLIPFeatureAligner(SubclassedModel):
         if isinstance(images, dict):
             images = images[IMAGES]
         return {
-            name: learner(images, training=training)
-            for name, learner in zip(self.learner_names, self.learner_models)
+            name: learner(images, training=training) for name, learner in zip(self.learner_names, self.learner_models)
         }
 
     def compile(self, optimizer="adam", **kwargs):

@@ -13,7 +13,6 @@ from keras_cskd.models.base import SubclassedModel
 from keras_cskd.models.scorer import default_metrics
 
 
-
 @keras.saving.register_keras_serializable(package="keras_cskd")
 class SemiSupervisedDistiller(SubclassedModel):
     """Semi-supervised knowledge distillation of CSKD's phase 2.
@@ -97,9 +96,7 @@ class SemiSupervisedDistiller(SubclassedModel):
         if PSEUDO_LABELS in x:
             return ops.stop_gradient(ops.convert_to_tensor(x[PSEUDO_LABELS]))  # may be numpy
         if self.teacher is None:
-            raise ValueError(
-                f"SemiSupervisedDistiller has no teacher: give {PSEUDO_LABELS!r} in the inputs."
-            )
+            raise ValueError(f"SemiSupervisedDistiller has no teacher: give {PSEUDO_LABELS!r} in the inputs.")
         return ops.stop_gradient(self.teacher(x[UNLABELED_IMAGES], training=False))
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):

@@ -51,9 +51,7 @@ class AestheticScorer(FunctionalModel):
     config_fields = ("backbone", "num_bins", "dropout", "bin_values", "image_size")
     object_fields = ("backbone",)
 
-    def __init__(
-        self, backbone, num_bins=10, dropout=0.0, bin_values=None, image_size=None, dtype=None, **kwargs
-    ):
+    def __init__(self, backbone, num_bins=10, dropout=0.0, bin_values=None, image_size=None, dtype=None, **kwargs):
         bin_values_for(num_bins, bin_values)  # Validates the pair.
         # === Layers ===
         self.backbone = backbones.ensure(backbone, image_size=image_size)

@@ -44,8 +44,8 @@ from keras_cskd.recipe.phase import PhaseError
 from keras_cskd.recipe.phase import PhaseSpec
 from keras_cskd.recipe.phase import phase_commands
 from keras_cskd.recipe.phase import phase_spec
-from keras_cskd.recipe.steps import prepare_data
 from keras_cskd.recipe.steps import predict_split
+from keras_cskd.recipe.steps import prepare_data
 from keras_cskd.recipe.steps import run
 from keras_cskd.recipe.steps import run_evaluate
 from keras_cskd.recipe.steps import score_metrics

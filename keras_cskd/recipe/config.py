@@ -23,7 +23,9 @@ def _field(default, help):
 class DataConfig:
     ava_root: str = _field("", "AVA-format dataset root (AVA.txt + images/); empty generates the synthetic world")
     test_list: str = _field("", "official AVA test list file; empty uses a seeded split")
-    unlabeled: list = _field([], "unlabeled sources: folders, list files or 'tfds:name/split'; empty uses the synthetic pool")
+    unlabeled: list = _field(
+        [], "unlabeled sources: folders, list files or 'tfds:name/split'; empty uses the synthetic pool"
+    )
     unlabeled_weights: list = _field([], "mixing weight per unlabeled source; empty weights by size")
     synthetic_labeled: int = _field(600, "labeled images in the synthetic world (test split included)")
     synthetic_unlabeled: int = _field(2400, "unlabeled images in the synthetic world")
@@ -36,11 +38,14 @@ class DataConfig:
 @dataclasses.dataclass
 class ModelConfig:
     clip_preset: str = _field(
-        "", "KerasHub CLIP preset (hub name or local dir); empty: the stand-in CLIP on the synthetic world, else a small random one"
+        "",
+        "KerasHub CLIP preset (hub name or local dir); empty: the stand-in CLIP on the synthetic world, else a small random one",
     )
     stand_in_clip_images: int = _field(2000, "scenes the synthetic world's stand-in CLIP learns caption words from")
     stand_in_clip_epochs: int = _field(8, "training epochs of the stand-in CLIP")
-    teacher_backbone: str = _field("small_vit", "teacher: 'small_vit', 'small_cnn', a keras.applications name or a KerasHub preset")
+    teacher_backbone: str = _field(
+        "small_vit", "teacher: 'small_vit', 'small_cnn', a keras.applications name or a KerasHub preset"
+    )
     student_backbone: str = _field("small_cnn", "student: same choices as teacher_backbone")
     pretrained: bool = _field(False, "load pretrained weights for hub / keras.applications backbones (needs the hub)")
     projection_hidden_dim: int = _field(128, "hidden width of each alignment projector")
@@ -56,7 +61,9 @@ class TrainConfig:
     learning_rate: float = _field(2e-3, "Adam learning rate of every phase")
     unlabeled_weight: float = _field(1.0, "weight of the distillation term")
     seed: int = _field(0, "seed of data generation, splits, shuffling and initialisation")
-    distribute: bool = _field(False, "data-parallel over all local devices / processes (keras_cskd.distribute); batch_size is global")
+    distribute: bool = _field(
+        False, "data-parallel over all local devices / processes (keras_cskd.distribute); batch_size is global"
+    )
     mixed_precision: str = _field("", "'' (float32), 'mixed_bfloat16' or 'mixed_float16'")
     xla: str = _field("auto", "XLA / jit compilation: 'auto' (the backend's default), 'on' or 'off'")
 
@@ -102,9 +109,7 @@ class RecipeConfig:
                 if expected is float and isinstance(value, int) and not isinstance(value, bool):
                     value = float(value)
                 if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
-                    raise ConfigError(
-                        f"{source}: [{section.name}] {key} must be {expected.__name__}, got {value!r}"
-                    )
+                    raise ConfigError(f"{source}: [{section.name}] {key} must be {expected.__name__}, got {value!r}")
                 given[key] = value
             sections[section.name] = section.type(**given)
         if values:

@@ -17,12 +17,21 @@ def small_clip(image_size, seed=0):
 
     keras.utils.set_random_seed(seed)
     vision = keras_hub.models.CLIPVisionEncoder(
-        patch_size=max(image_size // 8, 1), hidden_dim=64, num_layers=2, num_heads=4,
-        intermediate_dim=128, image_shape=(image_size, image_size, 3),
+        patch_size=max(image_size // 8, 1),
+        hidden_dim=64,
+        num_layers=2,
+        num_heads=4,
+        intermediate_dim=128,
+        image_shape=(image_size, image_size, 3),
     )
     text = keras_hub.models.CLIPTextEncoder(
-        vocabulary_size=1000, embedding_dim=64, hidden_dim=64, num_layers=1, num_heads=4,
-        intermediate_dim=128, max_sequence_length=16,
+        vocabulary_size=1000,
+        embedding_dim=64,
+        hidden_dim=64,
+        num_layers=1,
+        num_heads=4,
+        intermediate_dim=128,
+        max_sequence_length=16,
     )
     return keras_hub.models.CLIPBackbone(vision, text, projection_dim=64)
 
@@ -53,11 +62,20 @@ def stand_in_clip(image_size, seed=0, num_images=2000, epochs=8, path=None):
     words = synthetic.caption_words(attributes)
     keras.utils.set_random_seed(seed + 12345)
     vision = keras_hub.models.CLIPVisionEncoder(
-        patch_size=max(image_size // 8, 1), hidden_dim=64, num_layers=3, num_heads=4, intermediate_dim=128,
+        patch_size=max(image_size // 8, 1),
+        hidden_dim=64,
+        num_layers=3,
+        num_heads=4,
+        intermediate_dim=128,
         image_shape=(image_size, image_size, 3),
     )
     text = keras_hub.models.CLIPTextEncoder(
-        vocabulary_size=64, embedding_dim=16, hidden_dim=16, num_layers=1, num_heads=2, intermediate_dim=32,
+        vocabulary_size=64,
+        embedding_dim=16,
+        hidden_dim=16,
+        num_layers=1,
+        num_heads=2,
+        intermediate_dim=32,
         max_sequence_length=8,
     )
     teacher = CLIPImageTeacher.from_backbone(
@@ -87,8 +105,12 @@ def build_backbone(spec, image_size, pretrained=False):
         import keras_hub
 
         vit = keras_hub.models.ViTBackbone(
-            image_shape=(image_size, image_size, 3), patch_size=max(image_size // 8, 1),
-            num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128,
+            image_shape=(image_size, image_size, 3),
+            patch_size=max(image_size // 8, 1),
+            num_layers=2,
+            num_heads=4,
+            hidden_dim=64,
+            mlp_dim=128,
         )
         return backbones.get(vit, image_size=image_size, name="small_vit")
     if spec == "small_cnn":

@@ -60,16 +60,31 @@ class PhaseSpec:
 PHASE_TABLE = (
     PhaseSpec("align", "align", "aligner.keras", "align", "phase 1: align teacher and student learners to CLIP"),
     PhaseSpec(
-        "teacher", "teacher", "teacher.keras", "train-teacher", "phase 2a: fine-tune the aligned teacher on labels",
-        scorer_file="teacher.keras", report_name="teacher",
+        "teacher",
+        "teacher",
+        "teacher.keras",
+        "train-teacher",
+        "phase 2a: fine-tune the aligned teacher on labels",
+        scorer_file="teacher.keras",
+        report_name="teacher",
     ),
     PhaseSpec(
-        "baseline", "baseline", "student_labels_only.keras", "distill", "phase 2b: labels-only student",
-        scorer_file="student_labels_only.keras", report_name="student (labels only)",
+        "baseline",
+        "baseline",
+        "student_labels_only.keras",
+        "distill",
+        "phase 2b: labels-only student",
+        scorer_file="student_labels_only.keras",
+        report_name="student (labels only)",
     ),
     PhaseSpec(
-        "distill", "distill", "distiller.keras", "distill", "the distilled student",
-        scorer_file="student.keras", report_name="student (CSKD)",
+        "distill",
+        "distill",
+        "distiller.keras",
+        "distill",
+        "the distilled student",
+        scorer_file="student.keras",
+        report_name="student (CSKD)",
     ),
     PhaseSpec("evaluate", "evaluate", None, "evaluate", "test metrics, report.md and plots of the trained scorers"),
 )
@@ -101,7 +116,7 @@ def phase_commands():
 
 def save_atomically(model, path):
     """`model.save(path)` through a temporary file, so `path` is never half written."""
-    tmp = path[:-len(".keras")] + ".partial.keras"
+    tmp = path[: -len(".keras")] + ".partial.keras"
     model.save(tmp)
     os.replace(tmp, path)
 
@@ -148,9 +163,7 @@ class Phase:
             return self.load()
         if not may_train:
             out_dir = os.path.dirname(self.dir)
-            raise ConfigError(
-                f"phase {self.name!r} has not run in {out_dir}: run 'cskd {self.spec.command}' first"
-            )
+            raise ConfigError(f"phase {self.name!r} has not run in {out_dir}: run 'cskd {self.spec.command}' first")
         return None
 
     def run(self, train, seed, may_train=True):

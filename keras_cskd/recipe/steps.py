@@ -60,8 +60,12 @@ def prepare_data(config, out_dir):
         if not os.path.exists(os.path.join(world_dir, "world.json")):  # written last
             shutil.rmtree(world_dir, ignore_errors=True)  # a generation that was killed
             data.synthetic.make_world(
-                world_dir, num_labeled=cfg.synthetic_labeled, num_unlabeled=cfg.synthetic_unlabeled,
-                image_size=cfg.image_size, seed=config.train.seed, test_fraction=cfg.synthetic_test_fraction,
+                world_dir,
+                num_labeled=cfg.synthetic_labeled,
+                num_unlabeled=cfg.synthetic_unlabeled,
+                image_size=cfg.image_size,
+                seed=config.train.seed,
+                test_fraction=cfg.synthetic_test_fraction,
             )
         ava_root = os.path.join(world_dir, "ava")
         test_list = os.path.join(ava_root, "aesthetics_image_lists", "generic_test.jpgl")
@@ -75,8 +79,12 @@ def prepare_data(config, out_dir):
 
 def _labeled(config, datasets, split, training, passes=None):
     return data.labeled_dataset(
-        datasets.records, split, image_size=config.data.image_size, batch_size=config.data.batch_size,
-        training=training, passes=passes or data.PassClock(config.train.seed),
+        datasets.records,
+        split,
+        image_size=config.data.image_size,
+        batch_size=config.data.batch_size,
+        training=training,
+        passes=passes or data.PassClock(config.train.seed),
     )
 
 
@@ -128,12 +136,15 @@ def _align(run, phase):
     clock = data.PassClock(config.train.seed)
     # The learners see the pipeline's training crops; CLIP sees its own view of each whole image.
     dataset = data.unlabeled_dataset(
-        run.datasets.unlabeled, weights=run.datasets.unlabeled_weights, image_size=size,
-        batch_size=config.data.batch_size, training=True, passes=clock, clip_view_size=clip.view_size,
+        run.datasets.unlabeled,
+        weights=run.datasets.unlabeled_weights,
+        image_size=size,
+        batch_size=config.data.batch_size,
+        training=True,
+        passes=clock,
+        clip_view_size=clip.view_size,
     )
-    return phase.train(
-        aligner, dataset, config.train.align_epochs, ("teacher_loss", "student_loss"), passes=clock
-    )
+    return phase.train(aligner, dataset, config.train.align_epochs, ("teacher_loss", "student_loss"), passes=clock)
 
 
 def _scorer(config, backbone, name):
@@ -163,12 +174,20 @@ def _distill(run, phase, aligner, teacher):
     run.compile(distiller)
     clock = data.PassClock(config.train.seed)
     dataset = data.semi_supervised_dataset(
-        run.datasets.records, run.datasets.unlabeled, "train", image_size=config.data.image_size,
-        batch_size=config.data.batch_size, unlabeled_ratio=config.data.unlabeled_ratio,
-        unlabeled_weights=run.datasets.unlabeled_weights, passes=clock,
+        run.datasets.records,
+        run.datasets.unlabeled,
+        "train",
+        image_size=config.data.image_size,
+        batch_size=config.data.batch_size,
+        unlabeled_ratio=config.data.unlabeled_ratio,
+        unlabeled_weights=run.datasets.unlabeled_weights,
+        passes=clock,
     )
     distiller = phase.train(
-        distiller, dataset, config.train.distill_epochs, ("supervised_loss", "distillation_loss", "srcc"),
+        distiller,
+        dataset,
+        config.train.distill_epochs,
+        ("supervised_loss", "distillation_loss", "srcc"),
         passes=clock,
     )
     student_path = os.path.join(phase.dir, phase.spec.scorer_file)
@@ -272,7 +291,9 @@ def write_run_info(config, out_dir):
         with open(path, "w") as file:
             file.write(config.to_toml())
     versions = {
-        "keras": keras.__version__, "backend": keras.backend.backend(), "keras_hub": keras_hub.__version__,
+        "keras": keras.__version__,
+        "backend": keras.backend.backend(),
+        "keras_hub": keras_hub.__version__,
         "keras_cskd": __import__("keras_cskd").__version__,
     }
     with open(os.path.join(out_dir, "versions.json"), "w") as file:
