@@ -161,7 +161,29 @@ def _pool(features):
     raise ValueError(f"Cannot pool a backbone output of shape {features.shape}.")
 
 
-def get(spec, image_size=None, load_weights=None, preprocessing=None, name=None):
+def set_batch_norm_momentum(model, momentum):
+    """Set `momentum` on every `BatchNormalization` layer inside `model`; returns how many.
+
+    `keras.applications.MobileNetV2` uses 0.999: after a short run (a few
+    hundred steps) its moving statistics are still mostly the initial ones
+    (mean 0, variance 1), and at inference the randomly initialised network's
+    activations, no longer normalised, saturate until it predicts one score for
+    every image. A momentum of 0.9 follows the statistics within tens of steps.
+
+    Example:
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(momentum=0.999)])
+    >>> set_batch_norm_momentum(model, 0.9), model.layers[0].momentum
+    (1, 0.9)
+    """
+    count = 0
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = momentum
+            count += 1
+    return count
+
+
+def get(spec, image_size=None, load_weights=None, preprocessing=None, name=None, batch_norm_momentum=None):
     """Resolve any backbone into a model: raw images 0..255 -> pooled feature.
 
     Args:
@@ -178,6 +200,10 @@ def get(spec, image_size=None, load_weights=None, preprocessing=None, name=None)
             the backbone's normalization. Backbone objects without a preset
             default to ImageNet mean/std ("torch").
         name: str. The model's name.
+        batch_norm_momentum: float or None. Set on every BatchNormalization
+            layer of the backbone (`set_batch_norm_momentum`); None keeps the
+            backbone's own (0.999 for `keras.applications.MobileNetV2`, which
+            leaves short runs with stale statistics).
 
     Returns:
         A functional `keras.Model` (batch, H, W, 3) -> (batch, features).
@@ -197,6 +223,8 @@ def get(spec, image_size=None, load_weights=None, preprocessing=None, name=None)
             default_preprocessing = normalization("torch")
     else:
         raise ValueError(f"A backbone must be a name, a preset directory or a keras.Model; got {type(spec).__name__}.")
+    if batch_norm_momentum is not None:
+        set_batch_norm_momentum(model, batch_norm_momentum)
     if isinstance(preprocessing, str):
         preprocessing = normalization(preprocessing)
     preprocessing = preprocessing or default_preprocessing or normalization("none")

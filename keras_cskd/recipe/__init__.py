@@ -37,6 +37,7 @@ from keras_cskd.recipe.config import TrainConfig
 from keras_cskd.recipe.demo_models import build_backbone
 from keras_cskd.recipe.demo_models import clip_teacher
 from keras_cskd.recipe.demo_models import small_clip
+from keras_cskd.recipe.demo_models import stand_in_clip
 from keras_cskd.recipe.phase import PHASE_TABLE
 from keras_cskd.recipe.phase import PHASES
 from keras_cskd.recipe.phase import Phase

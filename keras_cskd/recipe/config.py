@@ -51,6 +51,11 @@ class ModelConfig:
     projection_hidden_dim: int = _field(128, "hidden width of each alignment projector")
     num_bins: int = _field(10, "score bins (10 for AVA's 1..10 votes)")
     dropout: float = _field(0.1, "dropout before the score layer")
+    batch_norm_momentum: float = _field(
+        0.9,
+        "BatchNormalization momentum of the learners' backbones (0 keeps each backbone's own; "
+        "keras.applications' 0.999 leaves short runs with stale statistics and constant predictions)",
+    )
 
 
 @dataclasses.dataclass

@@ -11,27 +11,27 @@ from keras_cskd.recipe.config import ConfigError
 from keras_cskd.recipe.phase import save_atomically
 
 
-def small_clip(image_size, seed=0):
-    """A small random KerasHub CLIP for offline demos (ViT, 2 layers, 64 wide)."""
+def small_clip(image_size, seed=0, num_layers=2):
+    """A small random KerasHub CLIP for offline demos (ViT, 64 wide; a token text tower, unused here)."""
     import keras_hub
 
     keras.utils.set_random_seed(seed)
     vision = keras_hub.models.CLIPVisionEncoder(
         patch_size=max(image_size // 8, 1),
         hidden_dim=64,
-        num_layers=2,
+        num_layers=num_layers,
         num_heads=4,
         intermediate_dim=128,
         image_shape=(image_size, image_size, 3),
     )
     text = keras_hub.models.CLIPTextEncoder(
-        vocabulary_size=1000,
-        embedding_dim=64,
-        hidden_dim=64,
+        vocabulary_size=64,
+        embedding_dim=16,
+        hidden_dim=16,
         num_layers=1,
-        num_heads=4,
-        intermediate_dim=128,
-        max_sequence_length=16,
+        num_heads=2,
+        intermediate_dim=32,
+        max_sequence_length=8,
     )
     return keras_hub.models.CLIPBackbone(vision, text, projection_dim=64)
 
@@ -50,8 +50,6 @@ def stand_in_clip(image_size, seed=0, num_images=2000, epochs=8, path=None):
     Returns:
         A frozen `CLIPImageTeacher` for `image_size` images.
     """
-    import keras_hub
-
     from keras_cskd.data import synthetic
 
     if path and os.path.exists(path):
@@ -60,27 +58,7 @@ def stand_in_clip(image_size, seed=0, num_images=2000, epochs=8, path=None):
     attributes = synthetic.sample_attributes(num_images, rng)
     images = synthetic.render(attributes, image_size, rng).astype("float32")
     words = synthetic.caption_words(attributes)
-    keras.utils.set_random_seed(seed + 12345)
-    vision = keras_hub.models.CLIPVisionEncoder(
-        patch_size=max(image_size // 8, 1),
-        hidden_dim=64,
-        num_layers=3,
-        num_heads=4,
-        intermediate_dim=128,
-        image_shape=(image_size, image_size, 3),
-    )
-    text = keras_hub.models.CLIPTextEncoder(
-        vocabulary_size=64,
-        embedding_dim=16,
-        hidden_dim=16,
-        num_layers=1,
-        num_heads=2,
-        intermediate_dim=32,
-        max_sequence_length=8,
-    )
-    teacher = CLIPImageTeacher.from_backbone(
-        keras_hub.models.CLIPBackbone(vision, text, projection_dim=64), image_size=image_size
-    )
+    teacher = CLIPImageTeacher.from_backbone(small_clip(image_size, seed + 12345, num_layers=3), image_size=image_size)
     teacher.trainable = True
     inputs = keras.Input((image_size, image_size, 3))
     # Unit-norm embeddings times a temperature, then one logit per word (CLIP's scaled cosine).
@@ -94,8 +72,11 @@ def stand_in_clip(image_size, seed=0, num_images=2000, epochs=8, path=None):
     return teacher
 
 
-def build_backbone(spec, image_size, pretrained=False):
+def build_backbone(spec, image_size, pretrained=False, batch_norm_momentum=0.9):
     """A built-in small architecture ('small_vit', 'small_cnn') or `backbones.get(spec)`.
+
+    `batch_norm_momentum` is set on every BatchNormalization layer (0 keeps a
+    named backbone's own, e.g. 0.999 in `keras.applications.MobileNetV2`).
 
     Example:
     >>> build_backbone("small_cnn", 32).output_shape
@@ -118,14 +99,17 @@ def build_backbone(spec, image_size, pretrained=False):
         x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
         for width in (16, 32, 64):
             x = keras.layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False)(x)
-            # momentum 0.9: with the default 0.99, the few hundred steps of a small run leave the
-            # moving statistics stale and evaluation noisy from seed to seed.
-            x = keras.layers.BatchNormalization(momentum=0.9)(x)
+            x = keras.layers.BatchNormalization(momentum=batch_norm_momentum or 0.99)(x)
             x = keras.layers.ReLU()(x)
         x = keras.layers.GlobalAveragePooling2D()(x)
         return keras.Model(inputs, x, name="small_cnn")
     try:
-        return backbones.get(spec, image_size=image_size, load_weights=True if pretrained else None)
+        return backbones.get(
+            spec,
+            image_size=image_size,
+            load_weights=True if pretrained else None,
+            batch_norm_momentum=batch_norm_momentum or None,
+        )
     except ValueError as error:
         raise ConfigError(f"{error} (or use 'small_vit' / 'small_cnn')") from None
 

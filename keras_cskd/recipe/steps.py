@@ -120,6 +120,11 @@ class _Run:
         return _compile(model, self.config, self.strategy)
 
 
+def _learner_backbone(config, spec):
+    model = config.model
+    return build_backbone(spec, config.data.image_size, model.pretrained, model.batch_norm_momentum)
+
+
 def _align(run, phase):
     config = run.config
     size = config.data.image_size
@@ -127,8 +132,8 @@ def _align(run, phase):
     aligner = CLIPFeatureAligner(
         clip,
         {
-            "teacher": build_backbone(config.model.teacher_backbone, size, config.model.pretrained),
-            "student": build_backbone(config.model.student_backbone, size, config.model.pretrained),
+            "teacher": _learner_backbone(config, config.model.teacher_backbone),
+            "student": _learner_backbone(config, config.model.student_backbone),
         },
         projection_hidden_dim=config.model.projection_hidden_dim,
     )
@@ -160,7 +165,7 @@ def _teacher(run, phase, aligner):
 
 def _baseline(run, phase):
     config = run.config
-    backbone = build_backbone(config.model.student_backbone, config.data.image_size, config.model.pretrained)
+    backbone = _learner_backbone(config, config.model.student_backbone)
     student = run.compile(_scorer(config, backbone, "student_labels_only"))
     clock = data.PassClock(config.train.seed)
     dataset = _labeled(config, run.datasets, "train", True, passes=clock)
