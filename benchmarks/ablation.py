@@ -50,21 +50,22 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-import keras  # noqa: E402
-import keras_hub  # noqa: E402
-import numpy as np  # noqa: E402
-from scipy import stats  # noqa: E402
+import keras
+import keras_hub
+import numpy as np
+from scipy import stats
 
-from keras_cskd import backbones  # noqa: E402
-from keras_cskd.data import FrozenOutputCache  # noqa: E402
-from keras_cskd.data import labeled_dataset  # noqa: E402
-from keras_cskd.data import read_ava  # noqa: E402
-from keras_cskd.data import synthetic  # noqa: E402
-from keras_cskd.models import AestheticScorer  # noqa: E402
-from keras_cskd.models import CLIPFeatureAligner  # noqa: E402
-from keras_cskd.models import SemiSupervisedDistiller  # noqa: E402
-from keras_cskd.recipe import stand_in_clip  # noqa: E402
-from keras_cskd.report import paired_difference  # noqa: E402
+from keras_cskd import backbones
+from keras_cskd.data import FrozenOutputCache
+from keras_cskd.data import labeled_dataset
+from keras_cskd.data import list_images
+from keras_cskd.data import read_ava
+from keras_cskd.data import synthetic
+from keras_cskd.models import AestheticScorer
+from keras_cskd.models import CLIPFeatureAligner
+from keras_cskd.models import SemiSupervisedDistiller
+from keras_cskd.recipe import stand_in_clip
+from keras_cskd.report import paired_difference
 
 ARMS = [
     "student: labels only",
@@ -128,105 +129,171 @@ def evaluate(model, x, means):
     return float(stats.spearmanr(pred, means)[0]), float(stats.pearsonr(pred, means)[0])
 
 
-def run_seed(seed, clip, args, workdir):
-    s, b = args.image_size, args.batch_size
-    e = lambda n: max(1, int(round(n * args.epochs_scale)))  # noqa: E731
-    world = synthetic.make_world(
-        os.path.join(workdir, f"world{seed}"),
-        num_labeled=args.num_labeled,
-        num_unlabeled=args.num_unlabeled,
-        image_size=args.file_size,
-        seed=seed,
-        test_fraction=args.test_fraction,
-    )
-    # The world's own test list: `--test-fraction` of the labeled images (without it, read_ava
-    # would draw its default 10%, which is how the first run ended up with 30 test images).
-    records = read_ava(world.ava_root, test_list=world.ava_test_list, val_fraction=0.0, seed=seed)
-    test = labeled_dataset(records, "test", image_size=s, batch_size=64, training=False)
-    x_test = np.concatenate([np.asarray(x) for x, _ in test]).astype("float32")
-    test_means = records.select("test").mean_scores
-    train = lambda: labeled_dataset(records, "train", image_size=s, batch_size=b, training=True, seed=seed)  # noqa: E731
-    cache_dir = os.path.join(workdir, "cache")
-    results, t0 = {}, time.perf_counter()
-    phases, clock = {}, [t0]
+class SeedRun:
+    """One seed's world, test set and initial weights, and the training steps every arm is made of."""
 
-    def lap(name):
-        now = time.perf_counter()
-        phases[name] = round(now - clock[0], 1)
-        clock[0] = now
+    def __init__(self, seed, clip, args, workdir):
+        self.seed, self.clip, self.args = seed, clip, args
+        self.world = synthetic.make_world(
+            os.path.join(workdir, f"world{seed}"),
+            num_labeled=args.num_labeled,
+            num_unlabeled=args.num_unlabeled,
+            image_size=args.file_size,
+            seed=seed,
+            test_fraction=args.test_fraction,
+        )
+        # The world's own test list: `--test-fraction` of the labeled images.
+        self.records = read_ava(self.world.ava_root, test_list=self.world.ava_test_list, val_fraction=0.0, seed=seed)
+        test = labeled_dataset(self.records, "test", image_size=args.image_size, batch_size=64, training=False)
+        self.x_test = np.concatenate([np.asarray(x) for x, _ in test]).astype("float32")
+        self.test_means = self.records.select("test").mean_scores
+        self.cache_dir = os.path.join(workdir, "cache")
+        keras.utils.set_random_seed(seed)
+        self.initial = {
+            "teacher": teacher_backbone(args.image_size).get_weights(),
+            "student": student_backbone(args.image_size).get_weights(),
+        }
 
-    # Phase 1: align teacher and student to the CLIP, from cached CLIP embeddings.
-    keras.utils.set_random_seed(seed)
-    init_t, init_s = teacher_backbone(s), student_backbone(s)
-    init_weights = (init_t.get_weights(), init_s.get_weights())
-    aligner = CLIPFeatureAligner(clip, {"teacher": init_t, "student": init_s}, projection_hidden_dim=64)
-    aligner.compile(optimizer=keras.optimizers.Adam(1e-3))
-    # CLIP's targets from CLIP's own view of each whole image; the learners train on random crops.
-    clip_cache = FrozenOutputCache(clip, cache_dir, image_size=s, batch_size=128, model_view_size=clip.view_size)
-    aligner.fit(
-        clip_cache.dataset(world.unlabeled_dir, batch_size=b, training=True, seed=seed),
-        epochs=e(args.align_epochs),
-        verbose=0,
-    )
-    lap("world+align")
-    aligned = (aligner.learners["teacher"].backbone.get_weights(), aligner.learners["student"].backbone.get_weights())
+    def epochs(self, n):
+        return max(1, int(round(n * self.args.epochs_scale)))
 
-    def fresh(kind, weights):
-        model = teacher_backbone(s) if kind == "teacher" else student_backbone(s)
+    def backbone(self, kind, weights):
+        model = teacher_backbone(self.args.image_size) if kind == "teacher" else student_backbone(self.args.image_size)
         model.set_weights(weights)
         return model
 
-    def fit_scorer(backbone, epochs):
-        scorer = AestheticScorer(backbone)
+    def evaluate(self, scorer):
+        return evaluate(scorer, self.x_test, self.test_means)
+
+    def align(self, pool, epochs):
+        """Teacher and student backbone weights aligned to the CLIP on `pool`, from cached CLIP embeddings."""
+        keras.utils.set_random_seed(self.seed)
+        learners = {kind: self.backbone(kind, weights) for kind, weights in self.initial.items()}
+        aligner = CLIPFeatureAligner(self.clip, learners, projection_hidden_dim=64)
+        aligner.compile(optimizer=keras.optimizers.Adam(1e-3))
+        # CLIP's targets from CLIP's own view of each whole image; the learners train on random crops.
+        cache = FrozenOutputCache(
+            self.clip,
+            self.cache_dir,
+            image_size=self.args.image_size,
+            batch_size=128,
+            model_view_size=self.clip.view_size,
+        )
+        data = cache.dataset(pool, batch_size=self.args.batch_size, training=True, seed=self.seed)
+        aligner.fit(data, epochs=epochs, verbose=0)
+        return {kind: aligner.learners[kind].backbone.get_weights() for kind in self.initial}
+
+    def fine_tune(self, kind, weights, epochs):
+        """An `AestheticScorer` on the labeled train split, the same seed and steps for every arm."""
+        keras.utils.set_random_seed(self.seed + (1 if kind == "teacher" else 2))
+        scorer = AestheticScorer(self.backbone(kind, weights))
         scorer.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=[])
-        scorer.fit(train(), epochs=epochs, verbose=0)
+        data = labeled_dataset(
+            self.records,
+            "train",
+            image_size=self.args.image_size,
+            batch_size=self.args.batch_size,
+            training=True,
+            seed=self.seed,
+        )
+        scorer.fit(data, epochs=epochs, verbose=0)
         return scorer
 
-    # Teachers, with and without alignment (same init).
-    keras.utils.set_random_seed(seed + 1)
-    teacher_plain = fit_scorer(fresh("teacher", init_weights[0]), e(args.teacher_epochs))
-    results["teacher: labels only"] = evaluate(teacher_plain, x_test, test_means)
-    keras.utils.set_random_seed(seed + 1)
-    teacher_aligned = fit_scorer(fresh("teacher", aligned[0]), e(args.teacher_epochs))
-    results["teacher: + alignment"] = evaluate(teacher_aligned, x_test, test_means)
-    lap("teachers")
-
-    # Students.
-    keras.utils.set_random_seed(seed + 2)
-    results["student: labels only"] = evaluate(
-        fit_scorer(fresh("student", init_weights[1]), e(args.student_epochs)), x_test, test_means
-    )
-    keras.utils.set_random_seed(seed + 2)
-    results["student: + alignment"] = evaluate(
-        fit_scorer(fresh("student", aligned[1]), e(args.student_epochs)), x_test, test_means
-    )
-    lap("students")
-
-    def distill(teacher, student_weights):
-        pseudo = FrozenOutputCache(teacher, cache_dir, image_size=s, batch_size=128)
+    def distill(self, teacher, student_weights, pool):
+        """A student from `student_weights` distilled from `teacher` on `pool`, from cached pseudo-labels."""
+        keras.utils.set_random_seed(self.seed + 2)
+        pseudo = FrozenOutputCache(teacher, self.cache_dir, image_size=self.args.image_size, batch_size=128)
         data = pseudo.semi_supervised_dataset(
-            records, world.unlabeled_dir, batch_size=b, unlabeled_ratio=args.unlabeled_ratio, seed=seed
+            self.records,
+            pool,
+            batch_size=self.args.batch_size,
+            unlabeled_ratio=self.args.unlabeled_ratio,
+            seed=self.seed,
         )
-        student = AestheticScorer(fresh("student", student_weights))
+        student = AestheticScorer(self.backbone("student", student_weights))
         distiller = SemiSupervisedDistiller(None, student)
         distiller.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=[])
-        distiller.fit(data, epochs=e(args.student_epochs), verbose=0)
+        distiller.fit(data, epochs=self.epochs(self.args.student_epochs), verbose=0)
         return student
 
-    keras.utils.set_random_seed(seed + 2)
-    results["student: + distillation"] = evaluate(distill(teacher_plain, init_weights[1]), x_test, test_means)
-    keras.utils.set_random_seed(seed + 2)
-    results["student: + both (CSKD)"] = evaluate(distill(teacher_aligned, aligned[1]), x_test, test_means)
-    lap("distilled students")
+
+def run_seed(seed, clip, args, workdir):
+    """Every arm of the ablation on one seed's world."""
+    t0 = time.perf_counter()
+    run = SeedRun(seed, clip, args, workdir)
+    pool, teacher_epochs, student_epochs = (
+        run.world.unlabeled_dir,
+        run.epochs(args.teacher_epochs),
+        run.epochs(args.student_epochs),
+    )
+    aligned = run.align(pool, run.epochs(args.align_epochs))
+    results = {}
+    teacher_plain = run.fine_tune("teacher", run.initial["teacher"], teacher_epochs)
+    teacher_aligned = run.fine_tune("teacher", aligned["teacher"], teacher_epochs)
+    results["teacher: labels only"] = run.evaluate(teacher_plain)
+    results["teacher: + alignment"] = run.evaluate(teacher_aligned)
+    results["student: labels only"] = run.evaluate(run.fine_tune("student", run.initial["student"], student_epochs))
+    results["student: + alignment"] = run.evaluate(run.fine_tune("student", aligned["student"], student_epochs))
+    results["student: + distillation"] = run.evaluate(run.distill(teacher_plain, run.initial["student"], pool))
+    results["student: + both (CSKD)"] = run.evaluate(run.distill(teacher_aligned, aligned["student"], pool))
     return {
         "seed": seed,
-        "oracle_srcc": world.oracle_srcc,
-        "test_images": int(len(test_means)),
-        "train_images": int(len(records.select("train").mean_scores)),
+        "oracle_srcc": run.world.oracle_srcc,
+        "test_images": int(len(run.test_means)),
+        "train_images": int(len(run.records.select("train").mean_scores)),
         "seconds": round(time.perf_counter() - t0, 1),
-        "phase_seconds": phases,
         "arms": {k: {"srcc": round(v[0], 4), "plcc": round(v[1], 4)} for k, v in results.items()},
     }
+
+
+def run_pool_curve(seed, clip, args, workdir, sizes):
+    """The CSKD student's SRCC for unlabeled pools of `sizes` (the first files of one world's pool).
+
+    Alignment takes the same number of steps for every size (epochs scaled by
+    largest / size), so a larger pool means more distinct images, not more
+    training; distillation epochs follow the labeled split, as everywhere.
+    """
+    run = SeedRun(seed, clip, args, workdir)
+    files = list_images(run.world.unlabeled_dir)
+    if max(sizes) > len(files):
+        raise SystemExit(f"--pool-sizes {max(sizes)} is larger than --num-unlabeled {len(files)}")
+    points = {}
+    for size in sizes:
+        pool = files[:size]
+        epochs = run.epochs(args.align_epochs * max(sizes) / size)
+        aligned = run.align(pool, epochs)
+        teacher = run.fine_tune("teacher", aligned["teacher"], run.epochs(args.teacher_epochs))
+        student = run.distill(teacher, aligned["student"], pool)
+        points[str(size)] = {"srcc": round(run.evaluate(student)[0], 4), "align_epochs": epochs}
+    return {"seed": seed, "points": points}
+
+
+def plot_pool_curve(curves, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted(int(k) for k in curves[0]["points"])
+    values = np.array([[c["points"][str(n)]["srcc"] for n in sizes] for c in curves])
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for c, row in zip(curves, values):
+        ax.plot(sizes, row, color="gray", alpha=0.4, marker=".", linewidth=1)
+    ax.errorbar(
+        sizes,
+        values.mean(0),
+        yerr=values.std(0, ddof=1) if len(values) > 1 else None,
+        marker="o",
+        capsize=3,
+        label=f"mean ± sd over {len(values)} seeds",
+    )
+    ax.set_xscale("log")
+    ax.set_xticks(sizes, [str(n) for n in sizes])
+    ax.set_xlabel("unlabeled images (alignment and distillation)")
+    ax.set_ylabel("CSKD student SRCC (300 test images)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 # The steps of the paper's ordering, each a paired comparison (from, to).
@@ -342,6 +409,12 @@ def main(argv=None):
         help="every student arm (aligned or not, distilled or not) gets these fine-tuning epochs",
     )
     parser.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every training phase's epochs")
+    parser.add_argument(
+        "--pool-sizes",
+        type=lambda t: [int(v) for v in t.split(",")],
+        default=None,
+        help="instead of the arms: the CSKD student for these unlabeled pool sizes, e.g. 300,900,2400",
+    )
     parser.add_argument("--json", default=None)
     parser.add_argument("--markdown", default=None)
     parser.add_argument("--plot", default=None)
@@ -351,6 +424,25 @@ def main(argv=None):
     workdir = tempfile.mkdtemp(prefix="cskd_ablation_")
     clip, clip_info = make_clip(args)
     print(f"CLIP stand-in trained: {clip_info} ({time.perf_counter() - start:.0f}s)", flush=True)
+    if args.pool_sizes:
+        curves = [run_pool_curve(seed, clip, args, workdir, args.pool_sizes) for seed in args.seeds]
+        for curve in curves:
+            print(json.dumps(curve), flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(
+                    {
+                        "args": vars(args),
+                        "clip": clip_info,
+                        "curves": curves,
+                        "seconds": round(time.perf_counter() - start, 1),
+                    },
+                    f,
+                    indent=1,
+                )
+        if args.plot:
+            plot_pool_curve(curves, args.plot)
+        return curves
     runs = []
     for seed in args.seeds:
         runs.append(run_seed(seed, clip, args, workdir))
