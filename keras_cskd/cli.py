@@ -123,7 +123,7 @@ def _export(args):
     print(f"Exported {args.model} -> {args.out} ({args.format}{quantized})")
     for path, size in sorted(summary["files"].items()):
         if args.format != "tf_saved_model" or path.endswith(".pb"):
-            print(f"  {path}: {size / 1e6:.2f} MB")
+            print(f"  {path}: {size / 1e6:.2f} MB" if size >= 1e6 else f"  {path}: {size / 1e3:.1f} kB")
     quality = summary.get("quality")
     if quality:
         print(f"Quality on {quality['images']} images of the {quality['split']!r} split of {args.eval_ava}:")
