@@ -108,10 +108,30 @@ def _predict(args):
 def _export(args):
     from keras_cskd import export
 
-    export.export(
-        args.model, args.out, format=args.format, image_size=tuple(args.image_size) if args.image_size else None
+    summary = export.export(
+        args.model,
+        args.out,
+        format=args.format,
+        image_size=tuple(args.image_size) if args.image_size else None,
+        quantize=args.quantize,
+        representative=args.representative,
+        representative_count=args.representative_count,
+        eval_ava=args.eval_ava,
+        eval_test_list=args.eval_test_list,
     )
-    print(f"Exported {args.model} -> {args.out} ({args.format})")
+    quantized = f", {args.quantize}" if args.quantize else ""
+    print(f"Exported {args.model} -> {args.out} ({args.format}{quantized})")
+    for path, size in sorted(summary["files"].items()):
+        if args.format != "tf_saved_model" or path.endswith(".pb"):
+            print(f"  {path}: {size / 1e6:.2f} MB" if size >= 1e6 else f"  {path}: {size / 1e3:.1f} kB")
+    quality = summary.get("quality")
+    if quality:
+        print(f"Quality on {quality['images']} images of the {quality['split']!r} split of {args.eval_ava}:")
+        print(f"  {'model':<26} {'SRCC':>7} {'PLCC':>7}")
+        litert = f"LiteRT {args.quantize or 'float32'}"
+        for name, key in (("Keras float32", "keras"), (litert, "litert")):
+            print(f"  {name:<26} {quality[key]['srcc']:>7.4f} {quality[key]['plcc']:>7.4f}")
+        print(f"  largest mean-score difference: {quality['max_abs_score_difference']:.4f}")
     if args.format == "tf_saved_model":
         print(f"Check it with: saved_model_cli show --dir {args.out} --tag_set serve --signature_def serving_default")
     return 0
@@ -170,22 +190,44 @@ def _register_predict(subparsers):
 def _register_export(subparsers):
     export = subparsers.add_parser(
         "export",
-        help="write a SavedModel for TF Serving (image bytes in) or an ONNX file (0..255 images in)",
-        description="tf_saved_model: a folder whose serving_default takes encoded image bytes (TensorFlow engine). "
-        "onnx: one .onnx file; input 'images' float32 (batch, H, W, 3) in 0..255, outputs 'distribution' and "
-        "'mean_score'; exported with PyTorch's exporter (torch.onnx, dynamo) from any backend; "
-        'needs pip install "keras-cskd[onnx]".',
+        help="write a SavedModel (image bytes in), or an ONNX, LiteRT or OpenVINO file (0..255 pixels in)",
+        description="tf_saved_model: a folder whose serving_default takes encoded image bytes. "
+        "onnx (.onnx), litert (.tflite), openvino (.xml + .bin): input 'images' float32 (batch, H, W, 3) in 0..255, "
+        "already decoded and in the evaluation view (keras_cskd.export.preprocess); outputs 'distribution' and "
+        "'mean_score'. Any backend's model: SavedModel, LiteRT and OpenVINO are traced with TensorFlow, ONNX with "
+        'PyTorch\'s exporter, in a subprocess when needed. pip install "keras-cskd[onnx]" or "keras-cskd[export]".',
     )
     export.add_argument("model", metavar="MODEL", help="a .keras AestheticScorer")
     export.add_argument(
         "--out",
         required=True,
-        help="tf_saved_model: output folder, e.g. serving/aesthetics/1; onnx: a file ending in .onnx, e.g. model.onnx",
+        help="tf_saved_model: output folder, e.g. serving/aesthetics/1; onnx: model.onnx; litert: model.tflite; "
+        "openvino: model.xml (model.bin beside it)",
     )
     export.add_argument(
-        "--format", default="tf_saved_model", choices=("tf_saved_model", "onnx"), help="default: tf_saved_model"
+        "--format",
+        default="tf_saved_model",
+        choices=("tf_saved_model", "onnx", "litert", "openvino"),
+        help="default: tf_saved_model",
     )
     export.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="default: the model's input size")
+    export.add_argument(
+        "--quantize", choices=("int8",), help="litert: full-integer post-training quantization (needs --representative)"
+    )
+    export.add_argument(
+        "--representative", metavar="PATH", help="unlabeled images (folder or list file) that calibrate --quantize"
+    )
+    export.add_argument(
+        "--representative-count", type=int, default=300, help="images taken from --representative (default: 300)"
+    )
+    export.add_argument(
+        "--eval-ava",
+        metavar="ROOT",
+        help="litert: an AVA-format root; print SRCC/PLCC of the Keras model and the file on its test split",
+    )
+    export.add_argument(
+        "--eval-test-list", metavar="FILE", help="with --eval-ava: the test list (default: a seeded split)"
+    )
     export.set_defaults(func=_export)
 
 

@@ -1,3 +1,5 @@
+"""`cskd predict` and the SavedModel: the same pixels, hence the same scores, for every kind of file."""
+
 import csv
 import json
 import os
@@ -13,6 +15,10 @@ from keras_cskd import cli
 from keras_cskd import export
 from keras_cskd.models import AestheticScorer
 from tests import tiny
+
+# Tolerance between paths that see the same pixels (the model on this backend
+# against TensorFlow's graph of it): distribution 1e-4, mean score 1e-3.
+ATOL_DISTRIBUTION, ATOL_SCORE = 1e-4, 1e-3
 
 SERVE = """
 import io, json, sys
@@ -45,25 +51,73 @@ def write_pngs(folder, sizes):
     return paths
 
 
+def write_awkward_images(folder):
+    """The files training and serving used to see differently, made with Pillow: name -> path."""
+    os.makedirs(folder, exist_ok=True)
+    y, x = np.mgrid[0:40, 0:24]
+    # A smooth, asymmetric picture (JPEG keeps it), 40 high and 24 wide.
+    upright = np.stack([x * 10, y * 6, (x + y) * 4], axis=-1).clip(0, 255).astype("uint8")
+    upright[:8, :12] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": the camera stored the picture sideways.
+    files = {
+        "exif_rotated.jpg": (Image.fromarray(np.rot90(upright, 1)), {"exif": exif.tobytes(), "quality": 95}),
+        "cmyk.jpg": (Image.fromarray(upright).convert("CMYK"), {"quality": 95}),
+        "grayscale.png": (Image.fromarray(upright[..., 1]), {}),
+        "palette.png": (Image.fromarray(upright).convert("P", palette=Image.Palette.ADAPTIVE), {}),
+        "16bit.png": (Image.fromarray(upright[..., 0].astype(np.uint16) * 257), {}),
+    }
+    paths = {}
+    for name, (image, options) in files.items():
+        paths[name] = os.path.join(folder, name)
+        image.save(paths[name], **options)
+    assert Image.open(paths["16bit.png"]).mode == "I;16" and Image.open(paths["cmyk.jpg"]).mode == "CMYK"
+    return paths
+
+
 def expected_outputs(model, paths):
+    """The model on `export.preprocess` of each file: what evaluation feeds it."""
     import tensorflow as tf
 
-    from keras_cskd.data import evaluation_view
+    from keras_cskd.data import Look
 
-    views = np.stack(
-        [evaluation_view(tf.io.decode_image(open(p, "rb").read(), channels=3), tiny.IMAGE_SIZE).numpy() for p in paths]
-    )
+    look = Look(tiny.IMAGE_SIZE, dtype="float32")
+    views = np.stack([export.preprocess(tf.io.read_file(p), look).numpy() for p in paths])
     distribution = keras.ops.convert_to_numpy(model(views))
     return distribution, distribution @ np.arange(1, 11)
 
 
-def test_saved_model_serves_image_bytes_in_a_fresh_process(tmp_path):
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A scorer with peaked outputs, its SavedModel, and the files it is served."""
+    keras.utils.set_random_seed(3)
     model = AestheticScorer(tiny.conv_backbone())
-    model_path = str(tmp_path / "scorer.keras")
+    kernel, bias = model.score_head.logits.get_weights()
+    model.score_head.logits.set_weights([np.random.default_rng(0).normal(0, 3, kernel.shape).astype("float32"), bias])
+    folder = tmp_path_factory.mktemp("export")
+    model_path = str(folder / "scorer.keras")
     model.save(model_path)
-    out = str(tmp_path / "serving" / "1")
+    out = str(folder / "serving" / "1")
     export.export(model_path, out)
+    pngs = write_pngs(str(folder / "imgs"), [(32, 32), (50, 41), (20, 70)])
+    awkward = write_awkward_images(str(folder / "imgs"))
+    files = pngs + list(awkward.values())
+    served = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", SERVE, out, json.dumps(files)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=dict(os.environ, KERAS_BACKEND="tensorflow"),
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    return model, model_path, out, files, awkward, served
 
+
+def test_saved_model_signature(exported):
+    _, _, out, _, _, _ = exported
     shown = subprocess.run(
         [
             os.path.join(os.path.dirname(sys.executable), "saved_model_cli"),
@@ -82,37 +136,54 @@ def test_saved_model_serves_image_bytes_in_a_fresh_process(tmp_path):
     assert "image_bytes" in shown and "DT_STRING" in shown
     assert "distribution" in shown and "mean_score" in shown
 
-    paths = write_pngs(str(tmp_path / "imgs"), [(32, 32), (50, 41), (20, 70)])
-    env = dict(os.environ, KERAS_BACKEND="tensorflow")
-    served = json.loads(
-        subprocess.run(
-            [sys.executable, "-c", SERVE, out, json.dumps(paths)],
-            capture_output=True,
-            text=True,
-            check=True,
-            env=env,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
-    distribution, mean = expected_outputs(model, paths)
-    np.testing.assert_allclose(served["distribution"], distribution, atol=1e-4)
-    np.testing.assert_allclose(served["mean_score"], mean, atol=1e-3)
+
+def test_saved_model_scores_as_evaluation_and_rejects_bad_bytes(exported):
+    model, _, _, files, _, served = exported
+    distribution, mean = expected_outputs(model, files)
+    assert distribution.std(axis=-1).min() > 0.02  # Peaked: a different image would show.
+    np.testing.assert_allclose(served["distribution"], distribution, atol=ATOL_DISTRIBUTION)
+    np.testing.assert_allclose(served["mean_score"], mean, atol=ATOL_SCORE)
     assert served["bad"] == "rejected"
-    np.testing.assert_allclose(served["after"], mean[:1], atol=1e-3)
+    np.testing.assert_allclose(served["after"], mean[:1], atol=ATOL_SCORE)
 
 
-def test_export_errors_are_clear(tmp_path):
+def test_predict_and_saved_model_see_the_same_pixels(exported, tmp_path):
+    """EXIF-rotated, CMYK, grayscale, palette and 16-bit files score alike in `cskd predict` and the SavedModel."""
+    import tensorflow as tf
+
+    from keras_cskd.data import evaluation_view
+
+    model, model_path, _, files, awkward, served = exported
+    out_csv = str(tmp_path / "scores.csv")
+    assert cli.main(["predict", model_path, *awkward.values(), "--csv", out_csv]) == 0
+    predicted = {r["path"]: float(r["mean_score"]) for r in csv.DictReader(open(out_csv))}
+    by_file = dict(zip(files, served["mean_score"]))
+    for path in awkward.values():
+        assert abs(predicted[path] - by_file[path]) < ATOL_SCORE, path
+    # The orientation matters to this model: decoding without it (as serving once did) scores differently.
+    rotated = awkward["exif_rotated.jpg"]
+    sideways = evaluation_view(tf.io.decode_image(open(rotated, "rb").read(), channels=3), tiny.IMAGE_SIZE)
+    sideways_score = keras.ops.convert_to_numpy(model(sideways[None].numpy()))[0] @ np.arange(1, 11)
+    assert abs(sideways_score - by_file[rotated]) > 10 * ATOL_SCORE
+
+
+def test_export_errors_are_clear(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="Model not found"):
         export.export(str(tmp_path / "missing.keras"), str(tmp_path / "out"))
     with pytest.raises(ValueError, match="Unknown export format"):
         export.export(str(tmp_path / "missing.keras"), str(tmp_path / "out"), format="tflite")
-
-
-def test_predict_writes_csv_and_skips_unreadable_files(tmp_path, capsys):
-    model = AestheticScorer(tiny.conv_backbone())
+    with pytest.raises(ValueError, match="litert only"):
+        export.export(str(tmp_path / "missing.keras"), str(tmp_path / "o.onnx"), format="onnx", quantize="int8")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
     model_path = str(tmp_path / "scorer.keras")
-    model.save(model_path)
+    AestheticScorer(tiny.conv_backbone()).save(model_path)
+    assert cli.main(["export", model_path, "--out", str(blocker / "serving" / "1")]) == 1
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_predict_writes_csv_and_skips_unreadable_files(exported, tmp_path, capsys):
+    model, model_path, _, _, _, _ = exported
     folder = str(tmp_path / "imgs")
     paths = write_pngs(folder, [(32, 32), (40, 36)])
     with open(os.path.join(folder, "broken.jpg"), "wb") as file:
@@ -123,6 +194,6 @@ def test_predict_writes_csv_and_skips_unreadable_files(tmp_path, capsys):
     assert sorted(r["path"] for r in rows) == sorted(paths)
     _, mean = expected_outputs(model, sorted(paths))
     by_path = {r["path"]: float(r["mean_score"]) for r in rows}
-    np.testing.assert_allclose([by_path[p] for p in sorted(paths)], mean, atol=1e-3)
+    np.testing.assert_allclose([by_path[p] for p in sorted(paths)], mean, atol=ATOL_SCORE)
     assert "skipped 1 unreadable" in capsys.readouterr().err
     assert cli.main(["predict", str(tmp_path / "nope.keras"), folder]) == 1
