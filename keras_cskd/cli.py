@@ -5,7 +5,7 @@
     cskd config --example                 print a config with every field described
     cskd align | train-teacher | distill | evaluate [--config CONFIG] [--out DIR]
     cskd predict MODEL PATH... [--csv FILE]
-    cskd export MODEL --out DIR|FILE.onnx [--format tf_saved_model|onnx]
+    cskd export MODEL --out DIR|FILE [--format tf_saved_model|onnx|litert|openvino] [--quantize int8 ...]
     cskd analyze MODEL... --images PATH... --out DIR
 
 Every subcommand is added by one registration function of `COMMANDS`,
