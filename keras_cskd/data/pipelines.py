@@ -45,6 +45,11 @@ it survives whatever the dataset goes through (`map`, `distribute_dataset`):
 - `skipped=counter`, a `SkipCounter`, hears of unreadable files at the end of
   each pass.
 
+With several training processes, `shard=strategy.shard` (`(index, count)`)
+makes a training pipeline read and decode only this process's rows of every
+global batch: same order, same augmentation, B / count rows per batch (see
+`keras_cskd.data.passes.Shard` and docs/distribute.md).
+
 The parts the pipelines are made of are public for the rest of the data layer
 (the frozen-output cache builds on them): `Look` (the image options) and
 `crop_resize` (the one crop, resize and flip), `as_sources`, and the stages
