@@ -412,11 +412,13 @@ def test_shard_batches_splits_every_tensor_of_each_batch():
 def test_sharded_pipelines_decode_exactly_the_slices_of_the_global_batches(tmp_path):
     # Each process decodes only its rows; without unreadable files they are
     # its slices of the unsharded batches (same files, crops, flips, CLIP
-    # views). tf.data is the same on every backend: run once.
+    # views, source mixing). tf.data is the same on every backend: run once.
     _skip_unless("tensorflow")
     import tensorflow as tf
 
+    from keras_cskd.data import ImageFiles
     from keras_cskd.data import PassClock
+    from keras_cskd.data import list_images
     from keras_cskd.data import read_ava
     from keras_cskd.data import semi_supervised_dataset
     from keras_cskd.data import synthetic
@@ -431,9 +433,12 @@ def test_sharded_pipelines_decode_exactly_the_slices_of_the_global_batches(tmp_p
             records, world.unlabeled_dir, image_size=8, batch_size=4, unlabeled_ratio=1.5, passes=clock, shard=shard
         )
 
-    def unlabeled(clock, shard):
+    files = list_images(world.unlabeled_dir)
+    two_sources = [ImageFiles(files[:3], name="a"), ImageFiles(files[3:], name="b")]
+
+    def unlabeled(clock, shard):  # a mix of two sources
         return unlabeled_dataset(
-            world.unlabeled_dir, image_size=8, batch_size=3, passes=clock, clip_view_size=6, shard=shard
+            two_sources, image_size=8, batch_size=3, passes=clock, clip_view_size=6, shard=shard, weights=[1, 2]
         )
 
     def read(make, shard, number):

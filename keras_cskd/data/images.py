@@ -341,3 +341,35 @@ def file_image_stream(
     if keep_length and not repeat:
         return first(ds, n if shard is None else shard.count_in(n // batch_size * batch_size, batch_size))
     return ds
+
+
+def file_candidates(paths, clock, salt=0):
+    """The endless stream of `{"key", "data": ""}` that `file_image_stream(paths, clock=clock, salt=salt,
+    repeat=True)` reads, in its order, without reading anything.
+
+    What a sharded mix of sources enumerates: every process walks the same
+    candidates and reads only its own (`decode_candidate`).
+    """
+    paths = np.asarray([os.fspath(p) for p in paths], str)
+    if len(paths) == 0:
+        raise ValueError("no image files to read")
+    n = len(paths)
+    keys = tf.constant(paths)
+
+    def passes(seed):
+        def one_pass(i):
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(n, dtype=tf.int64), seed=tf.random.experimental.stateless_fold_in(seed, i)
+            )
+            return tf.data.Dataset.from_tensor_slices(tf.gather(keys, order))
+
+        return tf.data.Dataset.counter().flat_map(one_pass)
+
+    return clock.each_pass(salt, passes).map(lambda key: {"key": key, "data": tf.constant("")})
+
+
+def decode_candidate(candidate):
+    """`{"image", "key"}` of a candidate `{"key", "data"}`: its encoded `data`, or the file `key` when empty."""
+    data = candidate["data"]
+    data = tf.cond(tf.strings.length(data) > 0, lambda: data, lambda: tf.io.read_file(candidate["key"]))
+    return {"image": decode_image(data), "key": candidate["key"]}

@@ -64,7 +64,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from keras_cskd.data.images import decode_candidate
 from keras_cskd.data.images import decode_image
+from keras_cskd.data.images import file_candidates
 from keras_cskd.data.images import file_image_stream
 from keras_cskd.data.images import is_image_file
 from keras_cskd.data.images import list_images
@@ -128,6 +130,10 @@ class ImageFiles:
             shard=shard,
             batch_size=batch_size,
         )
+
+    def candidates(self, clock, salt):
+        """The endless training stream's `{"key", "data"}` before reading (`file_candidates`)."""
+        return file_candidates(self.paths, clock, salt)
 
 
 class TFDSImages:
@@ -198,6 +204,21 @@ class TFDSImages:
         ds = clock.each_pass(salt, lambda seed: element_seeds(seed).flat_map(shuffled))
         ds = decoded(ds.enumerate().filter(lambda j, _: shard.owns(j, batch_size)).map(lambda _, e: e))
         return ds if repeat else first(ds, shard.count_in(self.size // batch_size * batch_size, batch_size))
+
+    def candidates(self, clock, salt):
+        """The endless training stream's `{"key", "data"}` (encoded images) before decoding."""
+        import tensorflow_datasets as tfds
+
+        records = self.builder.as_dataset(
+            split=self.split, shuffle_files=False, decoders={self.image_key: tfds.decode.SkipDecoding()}
+        )
+        buffer, key = min(self.size, 10_000), tf.constant(f"tfds:{self.name}/{self.split}")
+
+        def shuffled(seed):
+            return records.shuffle(buffer, seed=seed[0] % (2**31), reshuffle_each_iteration=False)
+
+        ds = clock.each_pass(salt, lambda seed: element_seeds(seed).flat_map(shuffled))
+        return ds.map(lambda e: {"key": key, "data": e[self.image_key]})
 
 
 def as_source(source):
@@ -489,10 +510,10 @@ def unlabeled_elements(
     shard = _check_shard(shard, training)
     mixed = len(sources) > 1 or num_examples is not None
     deterministic = _deterministic(clock, training)
-    if shard is not None and mixed:
+    if shard is not None and mixed and not all(hasattr(s, "candidates") for s in sources):
         raise NotImplementedError(
-            "shard= with several unlabeled sources (or num_examples) is not supported yet; "
-            "build it unsharded and pass it through strategy.distribute_dataset"
+            "shard= mixes sources that have candidates() (ImageFiles, TFDSImages); "
+            "build this one unsharded and pass it through strategy.distribute_dataset"
         )
 
     def stream(i, source):
@@ -516,9 +537,18 @@ def unlabeled_elements(
         logits = tf.math.log([weights / weights.sum()])
 
         choices = clock.element_seeds(10).map(lambda s: tf.random.stateless_categorical(logits, 1, seed=s)[0, 0])
-        ds = tf.data.Dataset.choose_from_datasets([stream(i, s) for i, s in enumerate(sources)], choices)
-        if not repeat:
-            ds = first(ds, int(num_examples or sizes.sum()))
+        total = int(num_examples or sizes.sum())
+        if shard is None:
+            ds = tf.data.Dataset.choose_from_datasets([stream(i, s) for i, s in enumerate(sources)], choices)
+            if not repeat:
+                ds = first(ds, total)
+        else:  # mix the sources' candidates as the unsharded mix does, then read only this shard's
+            streams = [s.candidates(clock, 12 + i) for i, s in enumerate(sources)]
+            ds = tf.data.Dataset.choose_from_datasets(streams, choices).enumerate()
+            ds = ds.filter(lambda j, _: shard.owns(j, batch_size)).map(lambda _, e: e)
+            ds = ds.map(decode_candidate, num_parallel_calls=AUTOTUNE, deterministic=deterministic).ignore_errors()
+            if not repeat:
+                ds = first(ds, shard.count_in(total // batch_size * batch_size, batch_size))
     return _view_each(
         ds,
         view,
@@ -684,8 +714,7 @@ def unlabeled_dataset(
             which `CLIPFeatureAligner.fit` reads (learners on the first, the
             frozen CLIP on the second).
         image_size, batch_size, passes, seed, crop_fraction,
-        keep_aspect_ratio, dtype, skipped, shard: as in `labeled_dataset`
-            (`shard` with one source).
+        keep_aspect_ratio, dtype, skipped, shard: as in `labeled_dataset`.
 
     Returns:
         `tf.data.Dataset` of images `(B, S, S, 3)` (or `(images, paths)`, or
@@ -754,7 +783,7 @@ def semi_supervised_dataset(
         unlabeled_weights: mixing weights of the unlabeled sources.
         image_size, passes, seed, crop_fraction, keep_aspect_ratio, dtype,
             skipped: as in `labeled_dataset`; one `SkipCounter` serves both streams.
-        shard: as in `labeled_dataset`, for both sides (one unlabeled source):
+        shard: as in `labeled_dataset`, for both sides:
             this process's rows of the labeled and of the unlabeled batch.
 
     Returns:
