@@ -430,8 +430,15 @@ def _check_shard(shard, training):
     return shard
 
 
-def _batch_size(batch_size, shard):
-    """This process's batch: its rows of a global batch of `batch_size`."""
+def process_batch_size(batch_size, shard):
+    """This process's batch: its rows of a global batch of `batch_size` (`shard`: `(index, count)` or None).
+
+    Example:
+
+    >>> process_batch_size(8, (1, 2)), process_batch_size(8, None)
+    (4, 8)
+    """
+    shard = as_shard(shard)
     return batch_size if shard is None else shard.size(batch_size)
 
 
@@ -480,7 +487,7 @@ def labeled_batches(records, split, look, *, batch_size, training, clock, counte
         batch_size=batch_size,
     )
     ds = ds.map(lambda e: (e["image"], e["label"]))
-    return ds.batch(_batch_size(batch_size, shard), drop_remainder=training)
+    return ds.batch(process_batch_size(batch_size, shard), drop_remainder=training)
 
 
 def unlabeled_elements(
@@ -578,7 +585,7 @@ def semi_supervised_batches(
         records, split, look, batch_size=batch_size, training=True, clock=clock, counter=counter, shard=shard
     )
     unlabeled = unlabeled.batch(
-        _batch_size(unlabeled_batch_size(batch_size, unlabeled_ratio), shard), drop_remainder=True
+        process_batch_size(unlabeled_batch_size(batch_size, unlabeled_ratio), shard), drop_remainder=True
     )
     ds = tf.data.Dataset.zip(labeled, unlabeled)
     ds = ds.map(lambda labeled_batch, u: ({LABELED_IMAGES: labeled_batch[0], **u}, labeled_batch[1]))
@@ -742,7 +749,7 @@ def unlabeled_dataset(
         shard=shard,
         batch_size=batch_size,
     )
-    ds = ds.batch(_batch_size(batch_size, as_shard(shard)), drop_remainder=training)
+    ds = ds.batch(process_batch_size(batch_size, as_shard(shard)), drop_remainder=training)
     if clip_view_size:
         ds = ds.map(lambda e: {IMAGES: e["image"], CLIP_IMAGES: e["clip_image"]})
     else:
