@@ -417,7 +417,10 @@ def test_sharded_pipelines_decode_exactly_the_slices_of_the_global_batches(tmp_p
     import tensorflow as tf
 
     from keras_cskd.data import ImageFiles
+    from keras_cskd.data import LabeledRecords
     from keras_cskd.data import PassClock
+    from keras_cskd.data import SkipCounter
+    from keras_cskd.data import labeled_dataset
     from keras_cskd.data import list_images
     from keras_cskd.data import read_ava
     from keras_cskd.data import semi_supervised_dataset
@@ -456,6 +459,20 @@ def test_sharded_pipelines_decode_exactly_the_slices_of_the_global_batches(tmp_p
                 sliced = shard_batches(tf.data.Dataset.from_tensors(tuple(whole)), 2, index)
                 e = tf.nest.flatten(next(sliced.as_numpy_iterator()))
                 assert [(x.shape, np.array_equal(x, y)) for x, y in zip(g, e)] == [(y.shape, True) for y in e]
+
+    # Unreadable files: every shard keeps its number of batches, and the shards
+    # together report each unreadable file once (8 files: each in some shard's rows).
+    eight = LabeledRecords.from_arrays(records.paths[:8], records.distributions[:8], name="eight")
+    for path in eight.paths[:2]:
+        with open(path, "wb") as f:
+            f.write(b"not an image")
+    counters = [SkipCounter(), SkipCounter()]
+    for index, counter in enumerate(counters):
+        ds = labeled_dataset(
+            eight, image_size=8, batch_size=4, training=True, seed=0, shard=(index, 2), skipped=counter
+        )
+        assert [int(x.shape[0]) for x, _ in ds] == [2, 2]
+    assert sorted(p for c in counters for p, _ in c.examples) == sorted(eight.paths[:2])
 
 
 def test_distribute_dataset_keeps_a_sharded_pipeline_and_never_slices_it_again():

@@ -256,8 +256,8 @@ def file_image_stream(
     Without unreadable files, the shard's stream is exactly its rows of the
     unsharded stream; `keep_length` keeps the shard's rows of the whole
     global batches in `len(paths)` (the partial last batch is left out, as
-    training batches drop it), refilled from the shard's positions of the
-    next pass.
+    training batches drop it), refilled from the shard's rows of the next
+    pass, and each pass reports the files of its rows that it skipped.
     """
     paths = np.asarray([os.fspath(p) for p in paths], str)
     if len(paths) == 0:
@@ -304,7 +304,13 @@ def file_image_stream(
             return tf.constant(True)
 
     def one_pass(order, number=0):
-        if shard is not None:  # pass `number` holds the global positions number * n ...
+        if shard is not None and keep_length and not repeat:
+            # An epoch: the shard's rows of the pass's whole batches (refills come from the next pass's).
+            positions = tf.range(n, dtype=tf.int64)
+            order = tf.boolean_mask(
+                order, shard.owns(positions, batch_size) & (positions < n // batch_size * batch_size)
+            )
+        elif shard is not None:  # endless: pass `number` holds the global positions number * n ...
             positions = tf.cast(number, tf.int64) * n + tf.range(n, dtype=tf.int64)
             order = tf.boolean_mask(order, shard.owns(positions, batch_size))
         ds = tf.data.Dataset.from_tensor_slices(order)
