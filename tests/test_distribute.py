@@ -409,6 +409,103 @@ def test_shard_batches_splits_every_tensor_of_each_batch():
     assert [x["b"].tolist() for x, _ in parts[1]] == [[20, 30, 40], [70, 80, 90]]
 
 
+def test_sharded_pipelines_decode_exactly_the_slices_of_the_global_batches(tmp_path):
+    # Each process decodes only its rows; without unreadable files they are
+    # its slices of the unsharded batches (same files, crops, flips, CLIP
+    # views, source mixing). tf.data is the same on every backend: run once.
+    _skip_unless("tensorflow")
+    import tensorflow as tf
+
+    from keras_cskd.data import ImageFiles
+    from keras_cskd.data import LabeledRecords
+    from keras_cskd.data import PassClock
+    from keras_cskd.data import SkipCounter
+    from keras_cskd.data import labeled_dataset
+    from keras_cskd.data import list_images
+    from keras_cskd.data import read_ava
+    from keras_cskd.data import semi_supervised_dataset
+    from keras_cskd.data import synthetic
+    from keras_cskd.data import unlabeled_dataset
+    from keras_cskd.distribute import shard_batches
+
+    world = synthetic.make_world(tmp_path / "world", num_labeled=10, num_unlabeled=7, image_size=20, seed=0)
+    records = read_ava(world.ava_root, val_fraction=0.0, test_fraction=0.0)
+
+    def semi(clock, shard):
+        return semi_supervised_dataset(
+            records, world.unlabeled_dir, image_size=8, batch_size=4, unlabeled_ratio=1.5, passes=clock, shard=shard
+        )
+
+    files = list_images(world.unlabeled_dir)
+    two_sources = [ImageFiles(files[:3], name="a"), ImageFiles(files[3:], name="b")]
+
+    def unlabeled(clock, shard):  # a mix of two sources
+        return unlabeled_dataset(
+            two_sources, image_size=8, batch_size=3, passes=clock, clip_view_size=6, shard=shard, weights=[1, 2]
+        )
+
+    def read(make, shard, number):
+        clock = PassClock(seed=3)
+        clock.pin(number)
+        return [tf.nest.flatten(b) for b in make(clock, shard).as_numpy_iterator()]
+
+    # Pass 1 of a fresh clock: what a run resumed at epoch 1 reads.
+    for make, number in ((semi, 1), (unlabeled, 0)):
+        reference = read(make, None, number)
+        for index in range(2):
+            got = read(make, (index, 2), number)
+            assert len(got) == len(reference) > 0
+            for g, whole in zip(got, reference):
+                sliced = shard_batches(tf.data.Dataset.from_tensors(tuple(whole)), 2, index)
+                e = tf.nest.flatten(next(sliced.as_numpy_iterator()))
+                assert [(x.shape, np.array_equal(x, y)) for x, y in zip(g, e)] == [(y.shape, True) for y in e]
+
+    # Unreadable files: every shard keeps its number of batches, and the shards
+    # together report each unreadable file once (8 files: each in some shard's rows).
+    eight = LabeledRecords.from_arrays(records.paths[:8], records.distributions[:8], name="eight")
+    for path in eight.paths[:2]:
+        with open(path, "wb") as f:
+            f.write(b"not an image")
+    counters = [SkipCounter(), SkipCounter()]
+    for index, counter in enumerate(counters):
+        ds = labeled_dataset(
+            eight, image_size=8, batch_size=4, training=True, seed=0, shard=(index, 2), skipped=counter
+        )
+        assert [int(x.shape[0]) for x, _ in ds] == [2, 2]
+    assert sorted(p for c in counters for p, _ in c.examples) == sorted(eight.paths[:2])
+
+
+def test_distribute_dataset_keeps_a_sharded_pipeline_and_never_slices_it_again():
+    from keras_cskd import distribute
+    from keras_cskd.data import LabeledRecords
+    from keras_cskd.data import labeled_dataset
+
+    records = LabeledRecords.from_arrays([f"/nowhere/{i}.jpg" for i in range(8)], np.full((8, 10), 0.1), name="r")
+    strategy = distribute.DataParallel("torch", "torch.distributed (gloo)", 2, num_processes=2, process_index=1)
+    assert strategy.shard == (1, 2)
+    assert distribute.DataParallel("tensorflow", "tf.distribute.MirroredStrategy", 2).shard is None
+    assert distribute.data_parallel(enabled=False).shard is None
+
+    def pipeline(shard):
+        return labeled_dataset(records, image_size=8, batch_size=4, training=True, seed=0, shard=shard)
+
+    mine = pipeline(strategy.shard)
+    assert mine.element_spec[0].shape[0] == 2  # this process's rows of the global batch of 4
+    assert strategy.distribute_dataset(mine) is mine
+    with pytest.raises(ValueError, match="shard=\\(0, 2\\)"):
+        strategy.distribute_dataset(pipeline((0, 2)))
+    with pytest.raises(ValueError, match="shard"):
+        distribute.DataParallel("tensorflow", "tf.distribute.MirroredStrategy", 2).distribute_dataset(mine)
+    derived = mine.map(lambda x, y: (x, y))
+    with pytest.raises(ValueError, match="sharded=True"):
+        strategy.distribute_dataset(derived)
+    assert strategy.distribute_dataset(derived, sharded=True) is derived
+    whole = pipeline(None)
+    assert strategy.distribute_dataset(whole) is not whole  # sliced, as before
+    with pytest.raises(ValueError, match="training"):
+        labeled_dataset(records, image_size=8, batch_size=4, training=False, shard=(0, 2))
+
+
 def test_scope_patches_nothing_and_compile_takes_jit_compile():
     import keras
 

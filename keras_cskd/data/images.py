@@ -22,7 +22,6 @@ import threading
 import numpy as np
 import tensorflow as tf
 
-from keras_cskd.data.passes import element_seeds
 from keras_cskd.data.passes import first
 from keras_cskd.data.passes import side_step
 
@@ -176,13 +175,18 @@ class SkipCounter:
         self._skipped = set()
         self._lock = threading.Lock()
 
-    def end_pass(self, name, paths, seen):
-        """Record a pass over `paths` in which only the indices `seen` came through."""
-        mask = np.ones(len(paths), bool)
+    def end_pass(self, name, paths, seen, tried=None):
+        """Record a pass that tried the indices `tried` of `paths` (default: all) and decoded `seen`."""
+        mask = np.zeros(len(paths), bool)
+        if tried is None:
+            mask[:] = True
+        else:
+            mask[np.asarray(tried, np.int64)] = True
+        total = int(mask.sum())
         mask[np.asarray(seen, np.int64)] = False
         missing = [str(paths[i]) for i in np.flatnonzero(mask)]
         with self._lock:
-            self.last_pass = (len(missing), len(paths))
+            self.last_pass = (len(missing), total)
             new = [p for p in missing if p not in self._skipped]
             self._skipped.update(new)
             self.count = len(self._skipped)
@@ -193,7 +197,7 @@ class SkipCounter:
             "%s: skipped %d of %d image files in this pass (unreadable or not images), e.g. %s",
             name,
             len(missing),
-            len(paths),
+            total,
             shown,
         )
 
@@ -229,6 +233,8 @@ def file_image_stream(
     repeat=False,
     counter=None,
     name="images",
+    shard=None,
+    batch_size=None,
 ):
     """Dataset of `{"image", "key", ["label"]}` decoded from files, bad files skipped.
 
@@ -242,21 +248,37 @@ def file_image_stream(
     (a known cardinality): the places of skipped files are filled with the
     first images of the next (reshuffled) pass. With `repeat`, passes follow
     each other forever, each with its own order.
+
+    With `shard` (a `keras_cskd.data.passes.Shard`) and `batch_size` (the
+    global batch the stream is cut into), only the files of the shard's rows
+    of each global batch are read and decoded: the same order is computed,
+    then the positions the shard does not own are dropped before reading.
+    Without unreadable files, the shard's stream is exactly its rows of the
+    unsharded stream; `keep_length` keeps the shard's rows of the whole
+    global batches in `len(paths)` (the partial last batch is left out, as
+    training batches drop it), refilled from the shard's rows of the next
+    pass, and each pass reports the files of its rows that it skipped.
     """
     paths = np.asarray([os.fspath(p) for p in paths], str)
     if len(paths) == 0:
         raise ValueError(f"{name}: no image files to read")
+    if shard is not None and not batch_size:
+        raise ValueError(f"{name}: a shard needs the global batch_size its rows are cut from")
     n = len(paths)
     counter = counter or SkipCounter()
-    # Indices of the images decoded in the current pass. Only successes are
-    # recorded, inside the (parallel) decode step; the pass's first and last
-    # steps, which yield nothing, clear the record and report the rest.
+    # Indices of the images tried and decoded in the current pass. They are
+    # recorded inside the (parallel) decode step, successes only once
+    # decoding succeeded; the pass's first and last steps, which yield
+    # nothing, clear the record and report the rest.
+    tried = tf.lookup.experimental.MutableHashTable(tf.int64, tf.int32, default_value=0)
     seen = tf.lookup.experimental.MutableHashTable(tf.int64, tf.int32, default_value=0)
     keys = tf.constant(paths)
     label_table = None if labels is None else tf.constant(labels)
 
     def load(index):
-        image = decode_image(tf.io.read_file(keys[index]))
+        with tf.control_dependencies([tried.insert(index, 1)]):
+            data = tf.io.read_file(keys[index])
+        image = decode_image(data)
         with tf.control_dependencies([image]):  # only once decoding succeeded
             recorded = seen.insert(index, 1)
         with tf.control_dependencies([recorded]):
@@ -269,37 +291,91 @@ def file_image_stream(
 
     def report():
         found, _ = seen.export()
-        last_pass["empty"] = len(found) == 0
-        if len(found) < n:
-            counter.end_pass(name, paths, found.numpy())
+        attempted, _ = tried.export()
+        last_pass["empty"] = len(found) == 0 and len(attempted) > 0
+        if len(found) < len(attempted):
+            counter.end_pass(name, paths, found.numpy(), attempted.numpy())
         return True
 
     def clear():
         found, _ = seen.export()
-        with tf.control_dependencies([seen.remove(found)]):
+        attempted, _ = tried.export()
+        with tf.control_dependencies([seen.remove(found), tried.remove(attempted)]):
             return tf.constant(True)
 
-    def one_pass(order):
+    def one_pass(order, number=0):
+        if shard is not None and keep_length and not repeat:
+            # An epoch: the shard's rows of the pass's whole batches (refills come from the next pass's).
+            positions = tf.range(n, dtype=tf.int64)
+            order = tf.boolean_mask(
+                order, shard.owns(positions, batch_size) & (positions < n // batch_size * batch_size)
+            )
+        elif shard is not None:  # endless: pass `number` holds the global positions number * n ...
+            positions = tf.cast(number, tf.int64) * n + tf.range(n, dtype=tf.int64)
+            order = tf.boolean_mask(order, shard.owns(positions, batch_size))
         ds = tf.data.Dataset.from_tensor_slices(order)
         ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic).ignore_errors()
         ds = side_step(clear, ds.element_spec).concatenate(ds)
         return ds.concatenate(side_step(lambda: tf.py_function(report, [], tf.bool), ds.element_spec))
 
-    def shuffled_pass(seed):
-        return one_pass(tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=seed))
+    def shuffle(seed):
+        return tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=seed)
 
-    if clock is None:
-        ds = one_pass(tf.range(n, dtype=tf.int64))
-        ds = ds.repeat() if keep_length or repeat else ds
-    elif keep_length or repeat:
-        # Pass after pass, each with its own order; stops after a pass that found no image (as `repeat` does).
+    def numbered(make):
+        """Passes `make(number, seed)` for number = 0, 1, ...; stops after a pass that found no image."""
+
         def passes(seed):
-            go_on = element_seeds(seed).take_while(
+            numbers = tf.data.Dataset.counter().take_while(
                 lambda _: tf.py_function(lambda: not last_pass["empty"], [], tf.bool)
             )
-            return go_on.flat_map(shuffled_pass)
+            return numbers.flat_map(lambda i: make(i, tf.random.experimental.stateless_fold_in(seed, i)))
 
-        ds = clock.each_pass(salt, passes)
+        return passes
+
+    if clock is None:
+        if not (keep_length or repeat):
+            ds = one_pass(tf.range(n, dtype=tf.int64))
+        elif shard is None:
+            ds = one_pass(tf.range(n, dtype=tf.int64)).repeat()
+        else:  # each pass owns its own positions
+            ds = numbered(lambda i, _: one_pass(tf.range(n, dtype=tf.int64), i))(tf.constant([0, 0], tf.int64))
+    elif keep_length or repeat:
+        # Pass after pass, each with its own order.
+        ds = clock.each_pass(salt, numbered(lambda i, seed: one_pass(shuffle(seed), i)))
     else:
-        ds = clock.each_pass(salt, shuffled_pass)
-    return first(ds, n) if keep_length and not repeat else ds
+        ds = clock.each_pass(salt, lambda seed: one_pass(shuffle(seed)))
+    if keep_length and not repeat:
+        return first(ds, n if shard is None else shard.count_in(n // batch_size * batch_size, batch_size))
+    return ds
+
+
+def file_candidates(paths, clock, salt=0):
+    """The endless stream of `{"key", "data": ""}` that `file_image_stream(paths, clock=clock, salt=salt,
+    repeat=True)` reads, in its order, without reading anything.
+
+    What a sharded mix of sources enumerates: every process walks the same
+    candidates and reads only its own (`decode_candidate`).
+    """
+    paths = np.asarray([os.fspath(p) for p in paths], str)
+    if len(paths) == 0:
+        raise ValueError("no image files to read")
+    n = len(paths)
+    keys = tf.constant(paths)
+
+    def passes(seed):
+        def one_pass(i):
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(n, dtype=tf.int64), seed=tf.random.experimental.stateless_fold_in(seed, i)
+            )
+            return tf.data.Dataset.from_tensor_slices(tf.gather(keys, order))
+
+        return tf.data.Dataset.counter().flat_map(one_pass)
+
+    return clock.each_pass(salt, passes).map(lambda key: {"key": key, "data": tf.constant("")})
+
+
+def decode_candidate(candidate):
+    """`{"image", "key"}` of a candidate `{"key", "data"}`: its encoded `data`, or the file `key` when empty."""
+    data = candidate["data"]
+    data = tf.cond(tf.strings.length(data) > 0, lambda: data, lambda: tf.io.read_file(candidate["key"]))
+    return {"image": decode_image(data), "key": candidate["key"]}

@@ -34,6 +34,8 @@ True
 
 import random
 import threading
+import typing
+import weakref
 
 import tensorflow as tf
 
@@ -88,10 +90,124 @@ class PassClock:
 
         return seed.map(pass_seed).flat_map(make)
 
-    def element_seeds(self, salt):
-        """An endless dataset of (2,) seeds for this pass, one per element (see `element_seeds`)."""
-        seeds = self.each_pass(salt, element_seeds)
+    def element_seeds(self, salt, shard=None, batch_size=None):
+        """An endless dataset of (2,) seeds for this pass, one per element (see `element_seeds`).
+
+        With a `Shard`, the seeds of that shard's elements of the global
+        stream batched by `batch_size` (`Shard.position`): element `t` of the
+        shard gets the seed of global element `shard.position(t, batch_size)`,
+        so every sample keeps the seed it has in the unsharded stream.
+        """
+        if shard is None:
+            seeds = self.each_pass(salt, element_seeds)
+        else:
+
+            def shard_seeds(seed):
+                positions = tf.data.Dataset.counter().map(lambda t: shard.position(t, batch_size))
+                return positions.map(lambda j: tf.random.experimental.stateless_fold_in(seed, j))
+
+            seeds = self.each_pass(salt, shard_seeds)
         return seeds.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
+
+
+class Shard(typing.NamedTuple):
+    """Process `index` of `count`: the rows of every global batch that it reads and decodes.
+
+    Of a global batch of `batch_size` rows, shard `index` owns rows
+    `[index * batch_size // count, (index + 1) * batch_size // count)`, the
+    slice `keras_cskd.distribute.shard_batches` keeps. The pipelines take it
+    as `shard=(index, count)` (`strategy.shard`): every process computes the
+    same order of the pass from `(seed, pass)` and decodes only the samples of
+    its rows, so the union of the processes' batches is the global batch.
+
+    Example:
+
+    >>> shard = Shard(1, 2)
+    >>> shard.rows(8), shard.size(8), shard.count_in(10, 8)
+    ((4, 8), 4, 4)
+    >>> [int(shard.position(t, 8)) for t in range(6)]
+    [4, 5, 6, 7, 12, 13]
+    """
+
+    index: int
+    count: int
+
+    def rows(self, batch_size):
+        """`(start, end)`: the rows of a global batch of `batch_size` that this shard owns."""
+        if batch_size < self.count:
+            raise ValueError(f"a global batch of {batch_size} cannot be split over {self.count} processes")
+        return self.index * batch_size // self.count, (self.index + 1) * batch_size // self.count
+
+    def size(self, batch_size):
+        """Rows of a global batch of `batch_size` that this shard owns: its batch size."""
+        start, end = self.rows(batch_size)
+        return end - start
+
+    def owns(self, positions, batch_size):
+        """Whether this shard owns each global stream position (a tensor) batched by `batch_size`."""
+        start, end = self.rows(batch_size)
+        row = tf.math.floormod(positions, batch_size)
+        return (row >= start) & (row < end)
+
+    def position(self, t, batch_size):
+        """The global stream position of this shard's element `t` (a tensor or int)."""
+        start, _ = self.rows(batch_size)
+        size = self.size(batch_size)
+        return (t // size) * batch_size + start + t % size
+
+    def count_in(self, n, batch_size):
+        """How many of the first `n` global positions this shard owns."""
+        start, end = self.rows(batch_size)
+        full, rest = divmod(int(n), batch_size)
+        return full * (end - start) + min(max(rest - start, 0), end - start)
+
+
+def as_shard(shard):
+    """A `Shard` from `(index, count)` (or a `Shard`), or None for `None` and one process.
+
+    Example:
+
+    >>> as_shard((1, 4))
+    Shard(index=1, count=4)
+    >>> as_shard((0, 1)) is None
+    True
+    """
+    if shard is None:
+        return None
+    try:
+        index, count = (int(v) for v in shard)
+    except (TypeError, ValueError):
+        raise TypeError(f"shard= takes (index, count), e.g. strategy.shard, got {shard!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard=(index, count) needs 0 <= index < count, got {shard!r}")
+    return None if count == 1 else Shard(index, count)
+
+
+_SHARDED = weakref.WeakKeyDictionary()
+
+
+def mark_sharded(ds, shard):
+    """`ds`, recorded as the `shard`'s share (see `shard_of`); auto-sharding turned off.
+
+    The recorded dataset object itself is known to `shard_of`; datasets made
+    from it keep `AutoShardPolicy.OFF` in their options, which
+    `strategy.distribute_dataset` reads as "already sharded".
+    """
+    if shard is None:
+        return ds
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    ds = ds.with_options(options)
+    _SHARDED[ds] = shard
+    return ds
+
+
+def shard_of(ds):
+    """The `Shard` a pipeline built `ds` for; `None` if unknown (not sharded, or transformed since)."""
+    try:
+        return _SHARDED.get(ds)
+    except TypeError:
+        return None
 
 
 def pass_clock(passes=None, seed=None):

@@ -45,6 +45,11 @@ it survives whatever the dataset goes through (`map`, `distribute_dataset`):
 - `skipped=counter`, a `SkipCounter`, hears of unreadable files at the end of
   each pass.
 
+With several training processes, `shard=strategy.shard` (`(index, count)`)
+makes a training pipeline read and decode only this process's rows of every
+global batch: same order, same augmentation, B / count rows per batch (see
+`keras_cskd.data.passes.Shard` and docs/distribute.md).
+
 The parts the pipelines are made of are public for the rest of the data layer
 (the frozen-output cache builds on them): `Look` (the image options) and
 `crop_resize` (the one crop, resize and flip), `as_sources`, and the stages
@@ -59,13 +64,17 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from keras_cskd.data.images import decode_candidate
 from keras_cskd.data.images import decode_image
+from keras_cskd.data.images import file_candidates
 from keras_cskd.data.images import file_image_stream
 from keras_cskd.data.images import is_image_file
 from keras_cskd.data.images import list_images
+from keras_cskd.data.passes import as_shard
 from keras_cskd.data.passes import element_seeds
 from keras_cskd.data.passes import first
 from keras_cskd.data.passes import keep_cardinality
+from keras_cskd.data.passes import mark_sharded
 from keras_cskd.data.passes import pass_clock
 from keras_cskd.keys import CLIP_IMAGES
 from keras_cskd.keys import IMAGES
@@ -102,11 +111,12 @@ class ImageFiles:
     def size(self):
         return len(self.paths)
 
-    def stream(self, clock, salt, *, training, deterministic, counter, repeat=False):
+    def stream(self, clock, salt, *, training, deterministic, counter, repeat=False, shard=None, batch_size=None):
         """Decoded `{"image", "key"}`: one pass (file order), or shuffled passes of a known length.
 
         Training streams shuffle each pass by `clock` (salted by `salt`); with
-        `repeat` they go on forever.
+        `repeat` they go on forever. With a `Shard`, only its rows of each
+        global batch of `batch_size` (`file_image_stream`).
         """
         return file_image_stream(
             self.paths,
@@ -117,7 +127,13 @@ class ImageFiles:
             repeat=repeat,
             counter=counter,
             name=self.name,
+            shard=shard,
+            batch_size=batch_size,
         )
+
+    def candidates(self, clock, salt):
+        """The endless training stream's `{"key", "data"}` before reading (`file_candidates`)."""
+        return file_candidates(self.paths, clock, salt)
 
 
 class TFDSImages:
@@ -155,8 +171,8 @@ class TFDSImages:
         self.image_key = image_key
         self.size = self.builder.info.splits[split].num_examples
 
-    def stream(self, clock, salt, *, training, deterministic, counter, repeat=False):
-        """As `ImageFiles.stream`."""
+    def stream(self, clock, salt, *, training, deterministic, counter, repeat=False, shard=None, batch_size=None):
+        """As `ImageFiles.stream`; a `Shard` skips the other shards' records before decoding."""
         import tensorflow_datasets as tfds
 
         records = self.builder.as_dataset(
@@ -173,15 +189,36 @@ class TFDSImages:
             return ds.ignore_errors()
 
         if not training:
+            if shard is not None:
+                raise ValueError("only training streams are sharded")
             return decoded(records.repeat() if repeat else records)
         buffer = min(self.size, 10_000)
 
-        def shuffled_pass(seed):
-            return decoded(records.shuffle(buffer, seed=seed[0] % (2**31), reshuffle_each_iteration=False))
+        def shuffled(seed):
+            return records.shuffle(buffer, seed=seed[0] % (2**31), reshuffle_each_iteration=False)
 
-        ds = clock.each_pass(salt, lambda seed: element_seeds(seed).flat_map(shuffled_pass))
-        # Known epoch length, as for files (TFDS checked the images when it prepared the dataset).
-        return ds if repeat else first(ds, self.size)
+        if shard is None:
+            ds = clock.each_pass(salt, lambda seed: element_seeds(seed).flat_map(lambda s: decoded(shuffled(s))))
+            # Known epoch length, as for files (TFDS checked the images when it prepared the dataset).
+            return ds if repeat else first(ds, self.size)
+        ds = clock.each_pass(salt, lambda seed: element_seeds(seed).flat_map(shuffled))
+        ds = decoded(ds.enumerate().filter(lambda j, _: shard.owns(j, batch_size)).map(lambda _, e: e))
+        return ds if repeat else first(ds, shard.count_in(self.size // batch_size * batch_size, batch_size))
+
+    def candidates(self, clock, salt):
+        """The endless training stream's `{"key", "data"}` (encoded images) before decoding."""
+        import tensorflow_datasets as tfds
+
+        records = self.builder.as_dataset(
+            split=self.split, shuffle_files=False, decoders={self.image_key: tfds.decode.SkipDecoding()}
+        )
+        buffer, key = min(self.size, 10_000), tf.constant(f"tfds:{self.name}/{self.split}")
+
+        def shuffled(seed):
+            return records.shuffle(buffer, seed=seed[0] % (2**31), reshuffle_each_iteration=False)
+
+        ds = clock.each_pass(salt, lambda seed: element_seeds(seed).flat_map(shuffled))
+        return ds.map(lambda e: {"key": key, "data": e[self.image_key]})
 
 
 def as_source(source):
@@ -367,11 +404,15 @@ def look_view(look, training, clip_view_size=None):
     return view
 
 
-def _view_each(ds, view, *, training, clock, salt, deterministic):
-    """`view(element, seed)` of each element; training draws the seeds from the pass (`salt`), evaluation gives None."""
+def _view_each(ds, view, *, training, clock, salt, deterministic, shard=None, batch_size=None):
+    """`view(element, seed)` of each element; training draws the seeds from the pass (`salt`), evaluation gives None.
+
+    A sharded stream (`shard`, cut into global batches of `batch_size`) draws
+    each element's seed from its global position, as the unsharded stream does.
+    """
     if not training:
         return ds.map(lambda e: view(e, None), num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = tf.data.Dataset.zip(ds, clock.element_seeds(salt))
+    ds = tf.data.Dataset.zip(ds, clock.element_seeds(salt, shard, batch_size))
     return ds.map(view, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
 
 
@@ -379,12 +420,41 @@ def _deterministic(clock, training):
     return not training or clock.seeded
 
 
-def labeled_batches(records, split, look, *, batch_size, training, clock, counter):
+def _check_shard(shard, training):
+    shard = as_shard(shard)
+    if shard is not None and not training:
+        raise ValueError(
+            "shard= is for training pipelines: evaluation drops unreadable files, so processes could "
+            "read different numbers of batches; build it unsharded and pass it through strategy.distribute_dataset"
+        )
+    return shard
+
+
+def process_batch_size(batch_size, shard):
+    """This process's batch: its rows of a global batch of `batch_size` (`shard`: `(index, count)` or None).
+
+    Example:
+
+    >>> process_batch_size(8, (1, 2)), process_batch_size(8, None)
+    (4, 8)
+    """
+    shard = as_shard(shard)
+    return batch_size if shard is None else shard.size(batch_size)
+
+
+def unlabeled_batch_size(batch_size, unlabeled_ratio):
+    """Unlabeled images per global batch of `batch_size` labeled images."""
+    return max(1, int(round(batch_size * unlabeled_ratio)))
+
+
+def labeled_batches(records, split, look, *, batch_size, training, clock, counter, shard=None):
     """Batches `(images, distributions)` of `records.select(split)` in `look`, passes numbered by `clock`.
 
     The stage `labeled_dataset` is made of (before `finish`). Salts of its
-    random streams: 0 file order, 1 augmentation.
+    random streams: 0 file order, 1 augmentation. With `shard`, this
+    process's rows of each global batch of `batch_size` (see `labeled_dataset`).
     """
+    shard = _check_shard(shard, training)
     if split is not None:
         records = records.select(split)
     if training and len(records) < batch_size:
@@ -402,13 +472,37 @@ def labeled_batches(records, split, look, *, batch_size, training, clock, counte
         keep_length=training,
         counter=counter,
         name=f"{records.name}/{split or 'all'}",
+        shard=shard,
+        batch_size=batch_size,
     )
-    ds = _view_each(ds, look_view(look, training), training=training, clock=clock, salt=1, deterministic=deterministic)
+    view = look_view(look, training)
+    ds = _view_each(
+        ds,
+        view,
+        training=training,
+        clock=clock,
+        salt=1,
+        deterministic=deterministic,
+        shard=shard,
+        batch_size=batch_size,
+    )
     ds = ds.map(lambda e: (e["image"], e["label"]))
-    return ds.batch(batch_size, drop_remainder=training)
+    return ds.batch(process_batch_size(batch_size, shard), drop_remainder=training)
 
 
-def unlabeled_elements(sources, view, *, clock, counter, training=True, weights=None, num_examples=None, repeat=False):
+def unlabeled_elements(
+    sources,
+    view,
+    *,
+    clock,
+    counter,
+    training=True,
+    weights=None,
+    num_examples=None,
+    repeat=False,
+    shard=None,
+    batch_size=None,
+):
     """Unbatched elements `{"image", "key", ...}` of unlabeled sources, each through `view`.
 
     The stage `unlabeled_dataset` is made of (before batching). `view(element,
@@ -416,15 +510,28 @@ def unlabeled_elements(sources, view, *, clock, counter, training=True, weights=
     training)` for the pipelines; `seed` is a (2,) seed of this element and
     pass when training, `None` otherwise. Salts of its random streams: 10
     mixing, 11 view, 12 + i source i. `weights`, `num_examples`, `repeat`:
-    as in `unlabeled_dataset`.
+    as in `unlabeled_dataset`. With `shard`, only this process's rows of
+    each global batch of `batch_size` elements are read and decoded.
     """
     sources = as_sources(sources)
+    shard = _check_shard(shard, training)
     mixed = len(sources) > 1 or num_examples is not None
     deterministic = _deterministic(clock, training)
+    if shard is not None and mixed and not all(hasattr(s, "candidates") for s in sources):
+        raise NotImplementedError(
+            "shard= mixes sources that have candidates() (ImageFiles, TFDSImages); "
+            "build this one unsharded and pass it through strategy.distribute_dataset"
+        )
 
     def stream(i, source):
         return source.stream(
-            clock, 12 + i, training=training, deterministic=deterministic, counter=counter, repeat=repeat or mixed
+            clock,
+            12 + i,
+            training=training,
+            deterministic=deterministic,
+            counter=counter,
+            repeat=repeat or mixed,
+            **({} if shard is None else {"shard": shard, "batch_size": batch_size}),
         )
 
     if not mixed:
@@ -437,30 +544,61 @@ def unlabeled_elements(sources, view, *, clock, counter, training=True, weights=
         logits = tf.math.log([weights / weights.sum()])
 
         choices = clock.element_seeds(10).map(lambda s: tf.random.stateless_categorical(logits, 1, seed=s)[0, 0])
-        ds = tf.data.Dataset.choose_from_datasets([stream(i, s) for i, s in enumerate(sources)], choices)
-        if not repeat:
-            ds = first(ds, int(num_examples or sizes.sum()))
-    return _view_each(ds, view, training=training, clock=clock, salt=11, deterministic=deterministic)
+        total = int(num_examples or sizes.sum())
+        if shard is None:
+            ds = tf.data.Dataset.choose_from_datasets([stream(i, s) for i, s in enumerate(sources)], choices)
+            if not repeat:
+                ds = first(ds, total)
+        else:  # mix the sources' candidates as the unsharded mix does, then read only this shard's
+            streams = [s.candidates(clock, 12 + i) for i, s in enumerate(sources)]
+            ds = tf.data.Dataset.choose_from_datasets(streams, choices).enumerate()
+            ds = ds.filter(lambda j, _: shard.owns(j, batch_size)).map(lambda _, e: e)
+            ds = ds.map(decode_candidate, num_parallel_calls=AUTOTUNE, deterministic=deterministic).ignore_errors()
+            if not repeat:
+                ds = first(ds, shard.count_in(total // batch_size * batch_size, batch_size))
+    return _view_each(
+        ds,
+        view,
+        training=training,
+        clock=clock,
+        salt=11,
+        deterministic=deterministic,
+        shard=shard,
+        batch_size=batch_size,
+    )
 
 
-def semi_supervised_batches(records, split, unlabeled, look, *, batch_size, unlabeled_ratio, clock, counter):
+def semi_supervised_batches(
+    records, split, unlabeled, look, *, batch_size, unlabeled_ratio, clock, counter, shard=None
+):
     """Labeled training batches zipped with batches of `unlabeled`, an endless dataset of dicts.
 
     Yields `({LABELED_IMAGES: images, **unlabeled batch}, distributions)`;
-    the unlabeled batch size is `max(1, round(batch_size * unlabeled_ratio))`
-    and the labeled split defines the epoch. The stage
-    `semi_supervised_dataset` is made of (before `finish`).
+    the unlabeled batch size is `unlabeled_batch_size(batch_size,
+    unlabeled_ratio)` and the labeled split defines the epoch. The stage
+    `semi_supervised_dataset` is made of (before `finish`). With `shard`,
+    the labeled side is sharded here; `unlabeled` must be the same shard's
+    elements, cut into global batches of the unlabeled batch size.
     """
-    labeled = labeled_batches(records, split, look, batch_size=batch_size, training=True, clock=clock, counter=counter)
-    unlabeled = unlabeled.batch(max(1, int(round(batch_size * unlabeled_ratio))), drop_remainder=True)
+    shard = as_shard(shard)
+    labeled = labeled_batches(
+        records, split, look, batch_size=batch_size, training=True, clock=clock, counter=counter, shard=shard
+    )
+    unlabeled = unlabeled.batch(
+        process_batch_size(unlabeled_batch_size(batch_size, unlabeled_ratio), shard), drop_remainder=True
+    )
     ds = tf.data.Dataset.zip(labeled, unlabeled)
     ds = ds.map(lambda labeled_batch, u: ({LABELED_IMAGES: labeled_batch[0], **u}, labeled_batch[1]))
     return keep_cardinality(ds, labeled)
 
 
-def finish(ds, clock):
-    """`ds` starting a pass of `clock` on each iteration, prefetched: the last stage of every pipeline."""
-    return clock.start(ds).prefetch(AUTOTUNE)
+def finish(ds, clock, shard=None):
+    """`ds` starting a pass of `clock` on each iteration, prefetched: the last stage of every pipeline.
+
+    A sharded pipeline's dataset is marked as `shard`'s share, which
+    `strategy.distribute_dataset` then leaves as it is.
+    """
+    return mark_sharded(clock.start(ds).prefetch(AUTOTUNE), as_shard(shard))
 
 
 # === Pipelines ===
@@ -479,6 +617,7 @@ def labeled_dataset(
     keep_aspect_ratio=False,
     dtype="uint8",
     skipped=None,
+    shard=None,
 ):
     """Batches `(images, distributions)` from labeled records.
 
@@ -499,6 +638,13 @@ def labeled_dataset(
         dtype: `"uint8"` or `"float32"` images, values 0..255.
         skipped: a `SkipCounter` that hears of unreadable files (default: none
             is kept; the skips are still logged).
+        shard: `(index, count)`, e.g. `strategy.shard`: build process
+            `index` of `count`'s share of every global batch of `batch_size`
+            (its rows `[index * batch_size // count, (index + 1) * batch_size // count)`).
+            Every process computes the same order of each pass and reads and
+            decodes only its own samples; without unreadable files they are
+            exactly its slice of the unsharded batches, with the same
+            augmentation. Training only. `None` (default): the global batches.
 
     Returns:
         `tf.data.Dataset` of `(images (B, S, S, 3), distributions (B, num_bins) float32)`.
@@ -527,8 +673,9 @@ def labeled_dataset(
         training=training,
         clock=clock,
         counter=skipped,
+        shard=shard,
     )
-    return finish(ds, clock)
+    return finish(ds, clock, shard)
 
 
 def unlabeled_dataset(
@@ -548,6 +695,7 @@ def unlabeled_dataset(
     dtype="uint8",
     skipped=None,
     clip_view_size=None,
+    shard=None,
 ):
     """Batches of images (no labels) from one or several sources, for `CLIPFeatureAligner.fit`.
 
@@ -573,7 +721,7 @@ def unlabeled_dataset(
             which `CLIPFeatureAligner.fit` reads (learners on the first, the
             frozen CLIP on the second).
         image_size, batch_size, passes, seed, crop_fraction,
-        keep_aspect_ratio, dtype, skipped: as in `labeled_dataset`.
+        keep_aspect_ratio, dtype, skipped, shard: as in `labeled_dataset`.
 
     Returns:
         `tf.data.Dataset` of images `(B, S, S, 3)` (or `(images, paths)`, or
@@ -598,13 +746,15 @@ def unlabeled_dataset(
         weights=weights,
         num_examples=num_examples,
         repeat=repeat,
+        shard=shard,
+        batch_size=batch_size,
     )
-    ds = ds.batch(batch_size, drop_remainder=training)
+    ds = ds.batch(process_batch_size(batch_size, as_shard(shard)), drop_remainder=training)
     if clip_view_size:
         ds = ds.map(lambda e: {IMAGES: e["image"], CLIP_IMAGES: e["clip_image"]})
     else:
         ds = ds.map(lambda e: (e["image"], e["key"]) if return_paths else e["image"])
-    return finish(ds, clock)
+    return finish(ds, clock, shard)
 
 
 def semi_supervised_dataset(
@@ -622,6 +772,7 @@ def semi_supervised_dataset(
     keep_aspect_ratio=False,
     dtype="uint8",
     skipped=None,
+    shard=None,
 ):
     """Labeled and unlabeled batches zipped, for `SemiSupervisedDistiller.fit`.
 
@@ -639,6 +790,8 @@ def semi_supervised_dataset(
         unlabeled_weights: mixing weights of the unlabeled sources.
         image_size, passes, seed, crop_fraction, keep_aspect_ratio, dtype,
             skipped: as in `labeled_dataset`; one `SkipCounter` serves both streams.
+        shard: as in `labeled_dataset`, for both sides:
+            this process's rows of the labeled and of the unlabeled batch.
 
     Returns:
         `tf.data.Dataset` of
@@ -658,7 +811,14 @@ def semi_supervised_dataset(
     clock = pass_clock(passes, seed)
     look = Look(image_size, crop_fraction, keep_aspect_ratio, dtype)
     images = unlabeled_elements(
-        unlabeled, look_view(look, True), clock=clock, counter=skipped, weights=unlabeled_weights, repeat=True
+        unlabeled,
+        look_view(look, True),
+        clock=clock,
+        counter=skipped,
+        weights=unlabeled_weights,
+        repeat=True,
+        shard=shard,
+        batch_size=unlabeled_batch_size(batch_size, unlabeled_ratio),
     )
     images = images.map(lambda e: {UNLABELED_IMAGES: e["image"]})
     ds = semi_supervised_batches(
@@ -670,5 +830,6 @@ def semi_supervised_dataset(
         unlabeled_ratio=unlabeled_ratio,
         clock=clock,
         counter=skipped,
+        shard=shard,
     )
-    return finish(ds, clock)
+    return finish(ds, clock, shard)

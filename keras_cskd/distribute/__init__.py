@@ -14,7 +14,13 @@ device:
     model.fit(strategy.distribute_dataset(train_ds), epochs=10)
 
 The dataset is batched with the *global* batch size B; each of the N replicas
-sees B / N of it and the update equals the one-device update on B.
+sees B / N of it and the update equals the one-device update on B. With
+several processes (JAX, torch), give the training pipelines `shard=strategy.shard`
+so that each process reads and decodes only its own rows of every global
+batch instead of decoding the whole batch and keeping its slice:
+
+    train_ds = labeled_dataset(records, "train", batch_size=64, passes=clock, shard=strategy.shard)
+    model.fit(strategy.distribute_dataset(train_ds))   # already this process's share: unchanged
 
 Each backend's engine lives in its own module: `keras_cskd.distribute.tensorflow`,
 `.jax` and `.torch`. Nothing here rebinds Keras methods: `scope()` is the
@@ -52,6 +58,8 @@ import contextlib
 
 import keras
 
+from keras_cskd.data.passes import Shard
+from keras_cskd.data.passes import shard_of
 from keras_cskd.metrics import SampleBufferMetric
 
 _MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16", "float32", "bfloat16", "float16")
@@ -68,6 +76,8 @@ class DataParallel:
         num_processes: int. Processes in the job.
         process_index: int. This process's index (0 is the chief).
         is_chief: bool. Whether this process should write checkpoints and logs.
+        shard: `Shard(process_index, num_processes)`, or None where each
+            process reads the global batches (one process, or TensorFlow).
         mixed_precision: str or None. The global dtype policy that was set.
         tf_strategy: the `tf.distribute.Strategy` (TensorFlow only).
         distribution: the `keras.distribution.DataParallel` (JAX only).
@@ -97,6 +107,22 @@ class DataParallel:
     def is_chief(self):
         return self.process_index == 0
 
+    @property
+    def shard(self):
+        """`shard=` for the training pipelines: this process's `Shard`, or None.
+
+        None where the pipelines should build the global batches: one process,
+        or TensorFlow, whose `tf.distribute` splits (and, multi-worker,
+        auto-shards) the global batches itself.
+
+        Example:
+        >>> DataParallel("torch", "torch.distributed (gloo)", 4, num_processes=4, process_index=1).shard
+        Shard(index=1, count=4)
+        """
+        if self.backend == "tensorflow" or self.num_processes == 1:
+            return None
+        return Shard(self.process_index, self.num_processes)
+
     def __repr__(self):
         return (
             f"DataParallel(engine={self.engine!r}, num_replicas={self.num_replicas}, "
@@ -117,7 +143,7 @@ class DataParallel:
             return self.distribution.scope()
         return contextlib.nullcontext(self)
 
-    def distribute_dataset(self, dataset):
+    def distribute_dataset(self, dataset, sharded=None):
         """This process's share of a tf.data dataset batched with the global batch.
 
         TF: unchanged (Keras hands it to `tf.distribute`, which splits each
@@ -127,8 +153,37 @@ class DataParallel:
         global batches and keeps its contiguous slice of each (rows
         `[i * n // P, (i + 1) * n // P)` of every tensor, `n` that tensor's
         batch size), so the P slices make up exactly the global batch.
+
+        A pipeline built with `shard=self.shard` is already this process's
+        share (it decoded only its rows) and comes back unchanged; one built
+        for another shard raises. `sharded` says it outright: `True` (the
+        dataset is this process's share: unchanged), `False` (it holds the
+        global batches: sliced). By default (`None`) the pipeline's own mark
+        decides; a dataset derived from a sharded pipeline (`map` and the
+        like after it) keeps only `AutoShardPolicy.OFF` in its options, and
+        then `sharded` must be given rather than guessed.
         """
+        shard = shard_of(dataset)
+        if shard is not None and (sharded is False or shard != self.shard):
+            expected = "the global batches (shard=None)" if self.shard is None else f"shard={tuple(self.shard)}"
+            raise ValueError(
+                f"this dataset was built as shard={tuple(shard)}, but this {self.engine} process reads {expected}; "
+                "build the pipeline with shard=strategy.shard"
+            )
         if self.backend == "tensorflow" or self.num_processes == 1:
+            if sharded:
+                raise ValueError("sharded=True, but this strategy reads the global batches (strategy.shard is None)")
+            return dataset
+        if sharded is None:
+            if shard is not None:
+                return dataset
+            if _auto_shard_off(dataset):
+                raise ValueError(
+                    "this dataset has auto-sharding turned off, as datasets derived from a pipeline built "
+                    "with shard= do: pass sharded=True if it is already this process's share, sharded=False "
+                    "to slice its global batches"
+                )
+        if sharded:
             return dataset
         return shard_batches(dataset, self.num_processes, self.process_index)
 
@@ -161,6 +216,16 @@ class DataParallel:
         for metric in replica_metrics(model):
             metric.set_replica_gather(engine.gather_replicas)
         return model
+
+
+def _auto_shard_off(dataset):
+    import tensorflow as tf
+
+    try:
+        policy = dataset.options().experimental_distribute.auto_shard_policy
+    except AttributeError:
+        return False
+    return policy == tf.data.experimental.AutoShardPolicy.OFF
 
 
 def replica_metrics(model):

@@ -30,9 +30,10 @@ def setup(devices=None):
         devices = keras.distribution.list_devices()
     if len(devices) <= 1:
         return {"engine": "single device", "num_replicas": 1}
-    # Our `distribute_dataset` slices each global batch per process (any
-    # nesting, inputs of different batch sizes), so Keras's own rebatch+shard
-    # of tf.data (which needs one static batch size) stays off.
+    # Each process's slice of every global batch comes from our pipelines
+    # (`shard=strategy.shard`) or our `distribute_dataset` (any nesting, inputs
+    # of different batch sizes), so Keras's own rebatch+shard of tf.data
+    # (which needs one static batch size) stays off.
     distribution = keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False)
     keras.distribution.set_distribution(distribution)
     return {
