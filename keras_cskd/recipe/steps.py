@@ -77,7 +77,7 @@ def prepare_data(config, out_dir):
     return Datasets(records, unlabeled, list(cfg.unlabeled_weights) or None)
 
 
-def _labeled(config, datasets, split, training, passes=None):
+def _labeled(config, datasets, split, training, passes=None, shard=None):
     return data.labeled_dataset(
         datasets.records,
         split,
@@ -85,6 +85,7 @@ def _labeled(config, datasets, split, training, passes=None):
         batch_size=config.data.batch_size,
         training=training,
         passes=passes or data.PassClock(config.train.seed),
+        shard=shard,
     )
 
 
@@ -148,6 +149,7 @@ def _align(run, phase):
         training=True,
         passes=clock,
         clip_view_size=clip.view_size,
+        shard=run.strategy.shard,
     )
     return phase.train(aligner, dataset, config.train.align_epochs, ("teacher_loss", "student_loss"), passes=clock)
 
@@ -159,7 +161,7 @@ def _scorer(config, backbone, name):
 def _teacher(run, phase, aligner):
     teacher = run.compile(_scorer(run.config, aligner.learners["teacher"].backbone, "teacher"))
     clock = data.PassClock(run.config.train.seed)
-    dataset = _labeled(run.config, run.datasets, "train", True, passes=clock)
+    dataset = _labeled(run.config, run.datasets, "train", True, passes=clock, shard=run.strategy.shard)
     return phase.train(teacher, dataset, run.config.train.teacher_epochs, ("loss", "srcc", "plcc"), passes=clock)
 
 
@@ -168,7 +170,7 @@ def _baseline(run, phase):
     backbone = _learner_backbone(config, config.model.student_backbone)
     student = run.compile(_scorer(config, backbone, "student_labels_only"))
     clock = data.PassClock(config.train.seed)
-    dataset = _labeled(config, run.datasets, "train", True, passes=clock)
+    dataset = _labeled(config, run.datasets, "train", True, passes=clock, shard=run.strategy.shard)
     return phase.train(student, dataset, config.train.distill_epochs, ("loss", "srcc", "plcc"), passes=clock)
 
 
@@ -187,6 +189,7 @@ def _distill(run, phase, aligner, teacher):
         unlabeled_ratio=config.data.unlabeled_ratio,
         unlabeled_weights=run.datasets.unlabeled_weights,
         passes=clock,
+        shard=run.strategy.shard,
     )
     distiller = phase.train(
         distiller,
