@@ -23,7 +23,7 @@ offline models, backbones by name), `phase` (the phase table, `Phase`),
 Example:
 >>> config = RecipeConfig()  # the built-in demo: synthetic world, small models
 >>> config.train.align_epochs
-3
+6
 >>> PHASES
 ('align', 'teacher', 'baseline', 'distill', 'evaluate')
 >>> run(config, "runs/demo")  # doctest: +SKIP

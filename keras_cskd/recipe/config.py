@@ -60,9 +60,9 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
-    align_epochs: int = _field(3, "phase 1 epochs")
-    teacher_epochs: int = _field(5, "teacher fine-tuning epochs")
-    distill_epochs: int = _field(5, "student epochs (labels-only baseline and distillation)")
+    align_epochs: int = _field(6, "phase 1 epochs")
+    teacher_epochs: int = _field(10, "teacher fine-tuning epochs")
+    distill_epochs: int = _field(16, "student epochs (labels-only baseline and distillation)")
     learning_rate: float = _field(2e-3, "Adam learning rate of every phase")
     unlabeled_weight: float = _field(1.0, "weight of the distillation term")
     seed: int = _field(0, "seed of data generation, splits, shuffling and initialisation")
@@ -88,7 +88,7 @@ class RecipeConfig:
     Example:
     >>> config = RecipeConfig()
     >>> config.train.align_epochs
-    3
+    6
     >>> RecipeConfig.from_dict({"train": {"align_epochs": 1}}).train.align_epochs
     1
     >>> print(config.to_toml(comments=False).splitlines()[0])
