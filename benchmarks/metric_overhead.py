@@ -78,8 +78,17 @@ def main():
         return
     report = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "load_average_before": os.getloadavg()[0]}
     for backend in args.backends:
-        command = [sys.executable, __file__, "--child", "--steps", str(args.steps),
-                   "--batch-size", str(args.batch_size), "--image-size", str(args.image_size)]
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--steps",
+            str(args.steps),
+            "--batch-size",
+            str(args.batch_size),
+            "--image-size",
+            str(args.image_size),
+        ]
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
         output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
         report[backend] = json.loads(output.strip().splitlines()[-1])
