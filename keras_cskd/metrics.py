@@ -27,7 +27,7 @@ from keras_cskd.layers import mean_score
 from keras_cskd.losses import emd
 
 # SRCC's value in the per-step logs (the progress bar) covers the latest samples.
-PREVIEW_SAMPLES = 2048
+PREVIEW_SAMPLES = 256
 # Mean scores within this distance of a threshold count as equal to it: a
 # float32 mean of votes whose true mean is exactly 5 reads 5.0000005.
 SCORE_TOLERANCE = 1e-4

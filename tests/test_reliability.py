@@ -91,3 +91,49 @@ def test_a_phase_that_trained_records_its_steps(tmp_path):
     assert phase.done
     with open(phase.done_path) as file:
         assert json.load(file)["steps"] == 4
+
+
+@pytest.mark.parametrize(
+    "section, field, value, message",
+    [
+        ("data", "batch_size", 0, r"\[data\] batch_size must be a positive number of images, got 0"),
+        ("data", "image_size", 0, r"\[data\] image_size must be at least 8"),
+        ("train", "learning_rate", -0.001, r"\[train\] learning_rate must be a positive number, got -0.001"),
+        ("model", "num_bins", 0, r"\[model\] num_bins must be at least 2 bins, got 0"),
+        ("model", "dropout", 1.5, r"\[model\] dropout must be in \[0, 1\), got 1.5"),
+    ],
+)
+def test_config_is_validated_before_any_work(tmp_path, section, field, value, message):
+    from keras_cskd import recipe
+
+    config = recipe.RecipeConfig.from_dict({section: {field: value}})
+    with pytest.raises(recipe.ConfigError, match=message):
+        recipe.run(config, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run")  # nothing written, nothing trained
+    recipe.RecipeConfig().validate()  # the defaults pass
+
+
+def test_list_images_follows_links_without_looping(tmp_path):
+    from keras_cskd.data import list_images
+
+    (tmp_path / "sub").mkdir()
+    for name in ("a.jpg", "sub/b.jpg"):
+        (tmp_path / name).write_bytes(b"")
+    os.symlink(".", tmp_path / "again")  # a loop
+    os.symlink(tmp_path / "sub", tmp_path / "link_to_sub")  # a second way into sub
+    other = tmp_path.parent / f"{tmp_path.name}_other"
+    other.mkdir()
+    (other / "c.jpg").write_bytes(b"")
+    os.symlink(other, tmp_path / "linked")  # a link to a folder outside is followed
+    names = sorted(os.path.relpath(p, tmp_path) for p in list_images(str(tmp_path)))
+    assert sorted(os.path.basename(n) for n in names) == ["a.jpg", "b.jpg", "c.jpg"], names  # each image once
+
+
+def test_duplicate_image_ids_are_refused_with_a_count(tmp_path):
+    from keras_cskd.data import read_ava
+
+    rows = ["1 100 0 0 0 1 2 1 0 0 0 0 0 0 1", "2 101 0 0 1 1 1 0 0 0 0 0 0 0 1", "3 100 5 0 0 0 0 0 0 0 0 1 0 0 1"]
+    (tmp_path / "AVA.txt").write_text("\n".join(rows) + "\n")
+    (tmp_path / "images").mkdir()
+    with pytest.raises(ValueError, match=r"1 image id\(s\) appear on more than one row \(e.g. '100', again on row 3\)"):
+        read_ava(str(tmp_path))

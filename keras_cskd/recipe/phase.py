@@ -219,15 +219,16 @@ class Phase:
                 "are checkpointed, run the same command to resume."
             )
             raise
+        except Exception as error:
+            if not steps.batch_began:  # jax / torch fail before any step on empty data
+                raise PhaseError(self._no_step_message(1)) from error
+            raise
         if checkpoint.non_finite:
             advice = self._advice(checkpoint)
             raise PhaseError(f"[{self.name}] non-finite values at {checkpoint.non_finite}; stopped. {advice}")
         if steps.empty_epoch is not None:
             shutil.rmtree(checkpoint.backup_dir, ignore_errors=True)
-            raise PhaseError(
-                f"[{self.name}] epoch {steps.empty_epoch + 1} took no training step: no batch arrived. "
-                f"The phase needs {self.spec.data or 'training data'}."
-            )
+            raise PhaseError(self._no_step_message(steps.empty_epoch + 1))
         weights = non_finite_weights(model)
         if weights is not None:
             raise PhaseError(f"[{self.name}] {weights}; not saved. {self._advice(checkpoint)}")
@@ -240,6 +241,12 @@ class Phase:
         shown = ", ".join(f"{k} {last[k]:.4f}" for k in summary_keys if k in last)
         self.log(f"[{self.name}] done in {epochs} epochs: {shown}. Saved {self.model_path}")
         return model
+
+    def _no_step_message(self, epoch):
+        return (
+            f"[{self.name}] epoch {epoch} took no training step: no batch arrived. "
+            f"The phase needs {self.spec.data or 'training data'}."
+        )
 
     def _advice(self, checkpoint):
         """What to do after a non-finite stop: a command that works, and only checkpoints that exist."""
@@ -266,8 +273,13 @@ class _StepCounter(keras.callbacks.Callback):
         self.empty_epoch = None
         self._epoch_steps = 0
 
+    batch_began = False
+
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_steps = 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.batch_began = True
 
     def on_train_batch_end(self, batch, logs=None):
         self._epoch_steps += 1
