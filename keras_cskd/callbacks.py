@@ -82,7 +82,8 @@ class CheckpointEachEpoch(keras.callbacks.BackupAndRestore):
 
     def __init__(self, backup_dir):
         super().__init__(backup_dir, delete_checkpoint=False)
-        self.non_finite = None
+        self.non_finite = None  # where training stopped on a non-finite value, and which
+        self.non_finite_kind = "loss"
 
     # === Checkpoint folders ===
 
@@ -166,6 +167,7 @@ class CheckpointEachEpoch(keras.callbacks.BackupAndRestore):
             weights = non_finite_weights(self.model)
             if weights is not None:  # a finite loss does not prove a finite state
                 self.non_finite = f"end of epoch {epoch + 1}: {weights}"
+                self.non_finite_kind = "weights"
                 self.model.stop_training = True
                 return
             super().on_epoch_end(epoch, logs)

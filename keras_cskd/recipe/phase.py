@@ -225,7 +225,8 @@ class Phase:
             raise
         if checkpoint.non_finite:
             advice = self._advice(checkpoint)
-            raise PhaseError(f"[{self.name}] non-finite values at {checkpoint.non_finite}; stopped. {advice}")
+            kind = checkpoint.non_finite_kind
+            raise PhaseError(f"[{self.name}] non-finite {kind} at {checkpoint.non_finite}; stopped. {advice}")
         if steps.empty_epoch is not None:
             shutil.rmtree(checkpoint.backup_dir, ignore_errors=True)
             raise PhaseError(self._no_step_message(steps.empty_epoch + 1))
@@ -254,7 +255,7 @@ class Phase:
         config = os.path.join(out_dir, "config.toml")
         kept = checkpoint.checkpoints()
         where = (
-            f"it resumes from the last good checkpoint, {kept[-1]}"
+            f"it resumes from the last good checkpoint (epoch {int(kept[-1].rsplit('-', 1)[-1])}), {kept[-1]}"
             if kept
             else "no epoch of this phase completed, so it starts over"
         )
