@@ -89,8 +89,9 @@ def _write_slots(variable, slots, values):
     """`variable[slots] = values` for a 1-D variable, in place where the backend allows.
 
     tensorflow writes into the resource variable and torch into its tensor, so
-    the cost is O(len(slots)) rather than a copy of the whole buffer. jax (and
-    any stateless scope) assigns the scattered value; under `jax.jit` with
+    the cost is O(len(slots)) rather than a copy of the whole buffer. jax, any
+    stateless scope and `tf.distribute` (whose sync-on-read variables have no
+    scatter) assign the scattered value; under `jax.jit` with
     donated state, as Keras's jax trainer runs its steps, XLA updates it in place.
     """
     from keras.src.backend.common.stateless_scope import in_stateless_scope
@@ -99,8 +100,11 @@ def _write_slots(variable, slots, values):
     values = ops.cast(values, variable.dtype)
     if not in_stateless_scope():
         if backend == "tensorflow":
-            variable.value.scatter_nd_update(slots[:, None], values)
-            return
+            import tensorflow as tf
+
+            if not tf.distribute.has_strategy():  # distributed (sync-on-read) variables do not scatter
+                variable.value.scatter_nd_update(slots[:, None], values)
+                return
         if backend == "torch":
             import torch
 
