@@ -4,8 +4,8 @@
   checkpoints are atomic folders holding the weights, the optimizer and the
   layers' random seed states (Dropout's, which `save_weights` leaves out), so a
   run killed at any moment resumes from its last completed epoch with the
-  state an uninterrupted run had there. It never saves a non-finite state and
-  stops training on one.
+  state an uninterrupted run had there. It never saves a non-finite state
+  (it checks the logged values and every weight array) and stops training on one.
 - `PassesFollowEpochs`: pins the `PassClock`s of `keras_cskd.data` pipelines
   (the `passes=` they were built with) to the epoch, so the resumed epochs
   read the same files, in the same order, with the same crops, as an
@@ -53,6 +53,29 @@ def seed_states(model):
     return [v for v in model.variables if v.path.endswith(SEED_STATE)]
 
 
+def non_finite_weights(model):
+    """One line naming the model's weight arrays that hold NaN or Inf, or None if all are finite.
+
+    A loss can stay finite while weights diverge (a ReLU maps NaN features to
+    0, and the cosine loss of a zero vector is 1), so a state is checked
+    before it is saved as good.
+
+    Example:
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> non_finite_weights(model) is None
+    True
+    >>> _ = model.layers[0].kernel.assign(np.full((2, 1), np.nan))
+    >>> non_finite_weights(model).split(" (e.g.")[0]
+    '1 of 2 weight arrays hold NaN or Inf'
+    """
+    weights = [w for w in model.weights if keras.backend.is_float_dtype(w.dtype)]
+    bad = [w.path for w in weights if not np.all(np.isfinite(keras.ops.convert_to_numpy(w)))]
+    if not bad:
+        return None
+    return f"{len(bad)} of {len(weights)} weight arrays hold NaN or Inf (e.g. {bad[0]})"
+
+
 class CheckpointEachEpoch(keras.callbacks.BackupAndRestore):
     """Atomic per-epoch checkpoints with seed states; stops on a non-finite loss.
 
@@ -69,7 +92,8 @@ class CheckpointEachEpoch(keras.callbacks.BackupAndRestore):
 
     def __init__(self, backup_dir):
         super().__init__(backup_dir, delete_checkpoint=False)
-        self.non_finite = None
+        self.non_finite = None  # where training stopped on a non-finite value, and which
+        self.non_finite_kind = "loss"
 
     # === Checkpoint folders ===
 
@@ -100,9 +124,15 @@ class CheckpointEachEpoch(keras.callbacks.BackupAndRestore):
             shutil.rmtree(old, ignore_errors=True)
 
     def _restore(self, path):
-        if self.model.optimizer is not None and not self.model.optimizer.built:
-            self.model.optimizer.build(self.model.trainable_variables)
+        optimizer = self.model.optimizer
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
+        # The compiled learning rate wins over the checkpoint's: a run stopped
+        # by a non-finite loss resumes with the lowered rate it is given.
+        rate = optimizer.get_config().get("learning_rate") if optimizer is not None else None
         self.model.load_weights(os.path.join(path, "model.weights.h5"))
+        if isinstance(rate, float):
+            optimizer.learning_rate = rate
         saved = np.load(os.path.join(path, "seed_states.npy"))
         variables = seed_states(self.model)  # in model order; names differ from process to process
         if len(saved) != len(variables):
@@ -144,6 +174,12 @@ class CheckpointEachEpoch(keras.callbacks.BackupAndRestore):
 
     def on_epoch_end(self, epoch, logs=None):
         if self.non_finite is None and not self._check(logs, f"end of epoch {epoch + 1}"):
+            weights = non_finite_weights(self.model)
+            if weights is not None:  # a finite loss does not prove a finite state
+                self.non_finite = f"end of epoch {epoch + 1}: {weights}"
+                self.non_finite_kind = "weights"
+                self.model.stop_training = True
+                return
             super().on_epoch_end(epoch, logs)
 
     @property

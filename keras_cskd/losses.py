@@ -74,9 +74,10 @@ def emd(y_true, y_pred, r=2, squared=False):
         return distance
     # The r-th root has an infinite slope at 0: route the gradient of exact
     # zeros through a constant so identical distributions give gradient 0.
+    # `distance * 0` keeps a NaN distance NaN (a zeros_like would hide it).
     positive = distance > 0
     safe = ops.where(positive, distance, ops.ones_like(distance))
-    return ops.where(positive, ops.power(safe, 1.0 / r), ops.zeros_like(distance))
+    return ops.where(positive, ops.power(safe, 1.0 / r), distance * 0.0)
 
 
 @keras.saving.register_keras_serializable(package="keras_cskd")
@@ -126,7 +127,7 @@ class EMDLoss(keras.losses.Loss):
 
 
 def cosine_distance(a, b):
-    """Per-sample `1 - cos(a, b)` over the last axis; 1 where a vector is 0."""
+    """Per-sample `1 - cos(a, b)` over the last axis; 1 where a vector is 0, NaN where one is not finite."""
     a = ops.convert_to_tensor(a)
     b = ops.convert_to_tensor(b)
     dtype = keras.backend.result_type(a.dtype, b.dtype, "float32")
@@ -141,7 +142,11 @@ def cosine_distance(a, b):
     # maximum() keeps the gradient finite for zero vectors (sqrt'(0) = inf).
     norm_a = ops.sqrt(ops.maximum(ops.sum(ops.square(a), axis=-1), _EPSILON))
     norm_b = ops.sqrt(ops.maximum(ops.sum(ops.square(b), axis=-1), _EPSILON))
-    return 1.0 - ops.sum(a * b, axis=-1) / (norm_a * norm_b)
+    distance = 1.0 - ops.sum(a * b, axis=-1) / (norm_a * norm_b)
+    # A NaN or Inf feature is a diverged model, never a finite loss: maximum()
+    # may return its other operand for NaN, and Inf / Inf must not become 0.
+    finite = ops.logical_and(ops.all(ops.isfinite(a), axis=-1), ops.all(ops.isfinite(b), axis=-1))
+    return ops.where(finite, distance, ops.full_like(distance, float("nan")))
 
 
 @keras.saving.register_keras_serializable(package="keras_cskd")
@@ -149,7 +154,8 @@ class CosineAlignmentLoss(keras.losses.Loss):
     """Phase-1 alignment loss: per sample `1 - cos(y_true, y_pred)`.
 
     `y_true` is the frozen CLIP embedding, `y_pred` the learner's projected
-    feature. Zero vectors are safe (loss 1, finite gradient).
+    feature. Zero vectors are safe (loss 1, finite gradient); a NaN or Inf
+    feature gives a NaN loss, so divergence is never logged as a finite value.
 
     Example:
     >>> float(CosineAlignmentLoss()([[1.0, 0.0]], [[2.0, 0.0]]))

@@ -3,14 +3,34 @@
 Each takes score distributions (batch, bins) or mean scores (batch,) for both
 `y_true` and `y_pred`; distributions are turned into mean scores over the bin
 values 1..N (or `bin_values`). SRCC and PLCC are computed over everything seen
-since the last `reset_state()`, not averaged per batch.
+since the last `reset_state()`, not averaged per batch, and equal
+`scipy.stats.spearmanr` / `pearsonr` on that whole set.
+
+Cost per step does not grow with the samples seen: PLCC keeps streaming
+moments (O(1) per step), SRCC writes each batch into its buffers in place
+(O(batch)) and ranks them only when its exact value is read. Keras reads every
+metric inside each train / test step to build the progress bar's logs; there
+SRCC reports a cheap preview (the rank correlation of the latest
+`PREVIEW_SAMPLES` samples). Everything read after the steps (`model.evaluate`,
+`fit`'s History, CSV and epoch logs, callbacks' epoch logs, and
+`metric.result()` called by a user) is the exact value over every sample.
 """
 
+import sys
+
 import keras
+import numpy as np
 from keras import ops
+from scipy import stats
 
 from keras_cskd.layers import mean_score
 from keras_cskd.losses import emd
+
+# SRCC's value in the per-step logs (the progress bar) covers the latest samples.
+PREVIEW_SAMPLES = 256
+# Mean scores within this distance of a threshold count as equal to it: a
+# float32 mean of votes whose true mean is exactly 5 reads 5.0000005.
+SCORE_TOLERANCE = 1e-4
 
 
 def _pearson(x, y, weights):
@@ -34,42 +54,104 @@ def _average_ranks(values, valid):
     return (ops.cast(below + up_to, values.dtype) + 1.0) / 2.0
 
 
+def _spearman_numpy(true, pred):
+    """Spearman correlation in float64 (scipy's average ranks); 0 when undefined."""
+    if len(true) < 2:
+        return 0.0
+    true_ranks = stats.rankdata(true) - (len(true) + 1) / 2.0
+    pred_ranks = stats.rankdata(pred) - (len(pred) + 1) / 2.0
+    denominator = np.sqrt(np.sum(true_ranks**2) * np.sum(pred_ranks**2))
+    return float(np.sum(true_ranks * pred_ranks) / denominator) if denominator > 0 else 0.0
+
+
+# === Backend-specific helpers (the only ones of this module) ===
+
+
+def _is_traced(tensor):
+    """Whether `tensor` is symbolic (inside tf.function, jax.jit or torch.compile)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return not tf.executing_eagerly()
+    if backend == "jax":
+        import jax
+
+        return isinstance(tensor, jax.core.Tracer)
+    if backend == "torch":
+        import torch
+
+        return torch.compiler.is_compiling() or getattr(tensor, "device", None) == torch.device("meta")
+    return False
+
+
+def _write_slots(variable, slots, values):
+    """`variable[slots] = values` for a 1-D variable, in place where the backend allows.
+
+    tensorflow writes into the resource variable and torch into its tensor, so
+    the cost is O(len(slots)) rather than a copy of the whole buffer. jax, any
+    stateless scope and `tf.distribute` (whose sync-on-read variables have no
+    scatter) assign the scattered value; under `jax.jit` with
+    donated state, as Keras's jax trainer runs its steps, XLA updates it in place.
+    """
+    from keras.src.backend.common.stateless_scope import in_stateless_scope
+
+    backend = keras.backend.backend()
+    values = ops.cast(values, variable.dtype)
+    if not in_stateless_scope():
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            if not tf.distribute.has_strategy():  # distributed (sync-on-read) variables do not scatter
+                variable.value.scatter_nd_update(slots[:, None], values)
+                return
+        if backend == "torch":
+            import torch
+
+            with torch.no_grad():
+                variable.value.index_put_((slots.to(torch.int64),), values)
+            return
+    variable.assign(ops.scatter_update(variable, slots[:, None], values))
+
+
+def _in_step_logs():
+    """Whether the caller is a model's `compute_metrics`: the per-step logs of a train / test step."""
+    frame = sys._getframe(1)
+    for _ in range(24):
+        if frame is None:
+            return False
+        if frame.f_code.co_name == "compute_metrics" and isinstance(frame.f_locals.get("self"), keras.Model):
+            return True
+        frame = frame.f_back
+    return False
+
+
+# === Correlation metrics ===
+
+
 @keras.saving.register_keras_serializable(package="keras_cskd")
 class SampleBufferMetric(keras.metrics.Metric):
-    """Keeps the (true, predicted) mean scores of up to `max_samples` samples.
-
-    Base of the correlation metrics: a rank correlation needs every sample, so
-    the scores go into fixed-size buffers (fixed shape, so the update compiles
-    with XLA on every backend). Samples past `max_samples` since the last reset
-    are not counted; `dropped` tells how many were left out.
+    """Base of the correlation metrics: the (true, predicted) mean scores of each batch.
 
     Under data parallelism the strategy gives the metric a replica gather
     (`strategy.prepare(model)` calls `set_replica_gather`): every replica's
-    scores then go into every replica's buffers, the buffer variables read the
+    scores then go into every replica's state, the state variables read the
     first replica's copy, and SRCC/PLCC equal the single-device values.
 
     Args:
-        max_samples: int. Buffer capacity (AVA's test set has ~20k images).
         bin_values: list of floats, the score of each bin; 1..N by default.
     """
 
-    def __init__(self, max_samples=100_000, bin_values=None, name=None, dtype=None, **kwargs):
+    def __init__(self, bin_values=None, name=None, dtype=None, **kwargs):
         super().__init__(name=name, dtype=dtype, **kwargs)
-        self.max_samples = max_samples
         self.bin_values = bin_values
-        # Replicas hold identical buffers (scores are gathered): read one copy.
-        first = "only_first_replica"
-        self.true_scores = self.add_variable(
-            shape=(max_samples + 1,), initializer="zeros", dtype="float32", name="true_scores", aggregation=first
-        )
-        self.pred_scores = self.add_variable(
-            shape=(max_samples + 1,), initializer="zeros", dtype="float32", name="pred_scores", aggregation=first
-        )
-        self.count = self.add_variable(shape=(), initializer="zeros", dtype="int32", name="count", aggregation=first)
-        self.dropped = self.add_variable(
-            shape=(), initializer="zeros", dtype="int32", name="dropped", aggregation=first
-        )
         self._replica_gather = None
+
+    def _state(self, shape, dtype, name):
+        # Replicas hold identical state (scores are gathered): read one copy.
+        return self.add_variable(
+            shape=shape, initializer="zeros", dtype=dtype, name=name, aggregation="only_first_replica"
+        )
 
     @property
     def replica_gather(self):
@@ -87,7 +169,7 @@ class SampleBufferMetric(keras.metrics.Metric):
 
         Example:
         >>> from keras import ops
-        >>> metric = PLCC()
+        >>> metric = SRCC()
         >>> metric.set_replica_gather(lambda rows: ops.concatenate([rows, rows + 1.0]))
         >>> metric.update_state([1.0, 2.0], [1.0, 3.0])
         >>> int(metric.count)
@@ -95,7 +177,8 @@ class SampleBufferMetric(keras.metrics.Metric):
         """
         self._replica_gather = gather
 
-    def update_state(self, y_true, y_pred, sample_weight=None):
+    def _samples(self, y_true, y_pred, sample_weight):
+        """(true, pred, keep): the mean scores of the batch, over every replica; keep is bool."""
         true = ops.cast(mean_score(y_true, self.bin_values), "float32")
         pred = ops.cast(mean_score(y_pred, self.bin_values), "float32")
         if sample_weight is not None:
@@ -105,21 +188,7 @@ class SampleBufferMetric(keras.metrics.Metric):
         if self._replica_gather is not None:  # One gather of (true, pred, keep) rows.
             rows = self._replica_gather(ops.stack([true, pred, keep], axis=1))
             true, pred, keep = rows[:, 0], rows[:, 1], rows[:, 2]
-        keep = keep > 0
-        # Each kept sample goes to the next free slot; the rest (and any
-        # overflow) to the spare slot at index max_samples, never read.
-        slots = self.count + ops.cumsum(ops.cast(keep, "int32")) - 1
-        fits = ops.logical_and(keep, slots < self.max_samples)
-        slots = ops.where(fits, slots, ops.full_like(slots, self.max_samples))
-        self.true_scores.assign(ops.scatter_update(self.true_scores, slots[:, None], true))
-        self.pred_scores.assign(ops.scatter_update(self.pred_scores, slots[:, None], pred))
-        kept = ops.sum(ops.cast(keep, "int32"))
-        written = ops.sum(ops.cast(fits, "int32"))
-        self.count.assign(self.count + written)
-        self.dropped.assign(self.dropped + kept - written)
-
-    def _valid(self):
-        return ops.arange(self.max_samples + 1) < self.count
+        return true, pred, keep > 0
 
     def reset_state(self):
         for variable in self.variables:
@@ -127,13 +196,23 @@ class SampleBufferMetric(keras.metrics.Metric):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"max_samples": self.max_samples, "bin_values": self.bin_values})
+        config.update({"bin_values": self.bin_values})
         return config
 
 
 @keras.saving.register_keras_serializable(package="keras_cskd")
 class PLCC(SampleBufferMetric):
     """Pearson linear correlation of predicted and true mean scores.
+
+    Exact over any number of samples in O(1) state: each batch's count, means
+    and centered sums of squares and products are merged into the running
+    ones (Chan et al.'s pairwise update, stable in float32), so no sample is
+    kept and no bound applies.
+
+    Args:
+        max_samples: ignored (PLCC keeps no samples); accepted so that
+            configs saved by earlier versions load.
+        bin_values: list of floats, the score of each bin; 1..N by default.
 
     Example:
     >>> metric = PLCC()
@@ -142,19 +221,76 @@ class PLCC(SampleBufferMetric):
     0.998
     """
 
-    def __init__(self, max_samples=100_000, bin_values=None, name="plcc", dtype=None, **kwargs):
-        super().__init__(max_samples=max_samples, bin_values=bin_values, name=name, dtype=dtype, **kwargs)
+    def __init__(self, max_samples=None, bin_values=None, name="plcc", dtype=None, **kwargs):
+        super().__init__(bin_values=bin_values, name=name, dtype=dtype, **kwargs)
+        self.max_samples = max_samples
+        self.count = self._state((), "int32", "count")
+        # mean_true, mean_pred, sum of squares (true, pred), sum of products
+        self.moments = self._state((5,), "float32", "moments")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        true, pred, keep = self._samples(y_true, y_pred, sample_weight)
+        weights = ops.cast(keep, "float32")
+        n_b = ops.sum(weights)
+        safe_b = ops.maximum(n_b, 1.0)
+        mean_true_b = ops.sum(weights * true) / safe_b
+        mean_pred_b = ops.sum(weights * pred) / safe_b
+        true_c, pred_c = true - mean_true_b, pred - mean_pred_b
+        n_a = ops.cast(self.count, "float32")
+        n = n_a + n_b
+        old = ops.convert_to_tensor(self.moments)
+        delta_true = mean_true_b - old[0]
+        delta_pred = mean_pred_b - old[1]
+        share = n_b / ops.maximum(n, 1.0)
+        cross = n_a * share  # n_a * n_b / n
+        self.moments.assign(
+            ops.stack(
+                [
+                    old[0] + delta_true * share,
+                    old[1] + delta_pred * share,
+                    old[2] + ops.sum(weights * ops.square(true_c)) + ops.square(delta_true) * cross,
+                    old[3] + ops.sum(weights * ops.square(pred_c)) + ops.square(delta_pred) * cross,
+                    old[4] + ops.sum(weights * true_c * pred_c) + delta_true * delta_pred * cross,
+                ]
+            )
+        )
+        self.count.assign(self.count + ops.cast(n_b, "int32"))
 
     def result(self):
-        true, pred = ops.convert_to_tensor(self.true_scores), ops.convert_to_tensor(self.pred_scores)
-        return _pearson(true, pred, ops.cast(self._valid(), "float32"))
+        moments = ops.convert_to_tensor(self.moments)
+        value = moments[4] / ops.sqrt(ops.maximum(moments[2] * moments[3], 1e-30))
+        return ops.cast(value, self.dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"max_samples": self.max_samples})
+        return config
 
 
 @keras.saving.register_keras_serializable(package="keras_cskd")
 class SRCC(SampleBufferMetric):
     """Spearman rank correlation of predicted and true mean scores.
 
-    Ties get average ranks, as `scipy.stats.spearmanr` does.
+    Ties get average ranks, as `scipy.stats.spearmanr` does. Every sample's
+    pair of scores goes into two buffers of `max_samples` slots, written in
+    place (O(batch) per step); the ranking runs when the value is read:
+
+    - `result()` outside a compiled step (`model.evaluate`'s return value,
+      `fit`'s History, CSV and epoch logs, a user's call): exact, in float64,
+      over every sample since the last reset;
+    - the per-step logs of a train / test step (Keras's `compute_metrics`,
+      shown by the progress bar and per-batch callbacks): the SRCC of the
+      latest `PREVIEW_SAMPLES` samples, cheap at any size;
+    - inside a user's own compiled function: exact, in the graph.
+
+    More than `max_samples` samples since the last reset is an error when the
+    value is read (NaN inside a compiled function), never a value over part
+    of the samples.
+
+    Args:
+        max_samples: int. Buffer capacity; 1,048,576 by default (8 MiB), AVA's
+            whole training split is ~230k images.
+        bin_values: list of floats, the score of each bin; 1..N by default.
 
     Example:
     >>> metric = SRCC()
@@ -163,26 +299,87 @@ class SRCC(SampleBufferMetric):
     1.0
     """
 
-    def __init__(self, max_samples=100_000, bin_values=None, name="srcc", dtype=None, **kwargs):
-        super().__init__(max_samples=max_samples, bin_values=bin_values, name=name, dtype=dtype, **kwargs)
+    def __init__(self, max_samples=2**20, bin_values=None, name="srcc", dtype=None, **kwargs):
+        super().__init__(bin_values=bin_values, name=name, dtype=dtype, **kwargs)
+        self.max_samples = max_samples
+        # One spare slot at index max_samples takes what is not kept; never read.
+        self.true_scores = self._state((max_samples + 1,), "float32", "true_scores")
+        self.pred_scores = self._state((max_samples + 1,), "float32", "pred_scores")
+        self.count = self._state((), "int32", "count")
+        self.dropped = self._state((), "int32", "dropped")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        true, pred, keep = self._samples(y_true, y_pred, sample_weight)
+        slots = self.count + ops.cumsum(ops.cast(keep, "int32")) - 1
+        fits = ops.logical_and(keep, slots < self.max_samples)
+        slots = ops.where(fits, slots, ops.full_like(slots, self.max_samples))
+        _write_slots(self.true_scores, slots, true)
+        _write_slots(self.pred_scores, slots, pred)
+        kept = ops.sum(ops.cast(keep, "int32"))
+        written = ops.sum(ops.cast(fits, "int32"))
+        self.count.assign(self.count + written)
+        self.dropped.assign(self.dropped + kept - written)
+
+    def _overflow_message(self, count, dropped):
+        return (
+            f"{self.name}: {count + dropped} samples since the last reset, more than max_samples="
+            f"{self.max_samples}; the rank correlation of only the first {count} would be a "
+            f"different number. Create the metric with SRCC(max_samples={count + dropped}) or more."
+        )
 
     def result(self):
-        valid = self._valid()
-        true_ranks = _average_ranks(ops.convert_to_tensor(self.true_scores), valid)
-        pred_ranks = _average_ranks(ops.convert_to_tensor(self.pred_scores), valid)
+        count = ops.convert_to_tensor(self.count)
+        if _in_step_logs():
+            return ops.cast(self._preview(count), self.dtype)
+        if _is_traced(count):
+            valid = ops.arange(self.max_samples + 1) < count
+            true_ranks = _average_ranks(ops.convert_to_tensor(self.true_scores), valid)
+            pred_ranks = _average_ranks(ops.convert_to_tensor(self.pred_scores), valid)
+            value = _pearson(true_ranks, pred_ranks, ops.cast(valid, "float32"))
+            return ops.cast(ops.where(self.dropped > 0, float("nan"), value), self.dtype)
+        count, dropped = int(ops.convert_to_numpy(count)), int(ops.convert_to_numpy(self.dropped))
+        if dropped:
+            raise ValueError(self._overflow_message(count, dropped))
+        true = ops.convert_to_numpy(self.true_scores)[:count].astype("float64")
+        pred = ops.convert_to_numpy(self.pred_scores)[:count].astype("float64")
+        return ops.convert_to_tensor(_spearman_numpy(true, pred), dtype=self.dtype)
+
+    def _preview(self, count):
+        window = min(PREVIEW_SAMPLES, self.max_samples)
+        start = ops.maximum(count - window, 0)
+        slots = start + ops.arange(window, dtype="int32")
+        valid = slots < count
+        true_ranks = _average_ranks(ops.take(self.true_scores, slots), valid)
+        pred_ranks = _average_ranks(ops.take(self.pred_scores, slots), valid)
         return _pearson(true_ranks, pred_ranks, ops.cast(valid, "float32"))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"max_samples": self.max_samples})
+        return config
 
 
 def threshold_agreement(y_true, y_pred, threshold=5.0, bin_values=None):
-    """Per sample 1.0 where true and predicted mean scores fall on the same side."""
-    true_high = mean_score(y_true, bin_values) > threshold
-    pred_high = mean_score(y_pred, bin_values) > threshold
+    """Per sample 1.0 where true and predicted mean scores fall on the same side.
+
+    "High" is a mean score above `threshold` by more than `SCORE_TOLERANCE`
+    (1e-4), as AVA papers use mean > 5 high and mean <= 5 low: a float32 mean
+    of votes whose true mean is exactly 5 (it may read 5.0000005) is low.
+    Distinct AVA means are at least 1/votes apart, so the tolerance changes
+    no other sample while an image has fewer than 10,000 votes.
+    """
+    true_high = mean_score(y_true, bin_values) > threshold + SCORE_TOLERANCE
+    pred_high = mean_score(y_pred, bin_values) > threshold + SCORE_TOLERANCE
     return ops.cast(ops.equal(true_high, pred_high), "float32")
 
 
 @keras.saving.register_keras_serializable(package="keras_cskd")
 class ThresholdAccuracy(keras.metrics.MeanMetricWrapper):
     """Binary accuracy of mean score above/below `threshold` (5 on AVA).
+
+    The AVA convention: mean > `threshold` is high, mean <= `threshold` low,
+    robust to float32 rounding (see `threshold_agreement`), so an image whose
+    votes average exactly 5 is low however its labels were normalised.
 
     Example:
     >>> metric = ThresholdAccuracy(threshold=5.0)

@@ -105,3 +105,17 @@ def test_losses_round_trip_config(loss):
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
     assert type(restored) is type(loss)
     assert restored.get_config() == loss.get_config()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_inputs_never_give_a_finite_loss(bad):
+    """A diverged model must show in its loss: NaN/Inf features or scores give NaN."""
+    good = np.full((2, 4), 0.25, "float32")
+    broken = good.copy()
+    broken[0, 1] = bad
+    for loss in (EMDLoss(), EMDLoss(squared=True), EMDLoss(r=1), CosineAlignmentLoss()):
+        per_sample = ops.convert_to_numpy(loss.call(ops.convert_to_tensor(good), ops.convert_to_tensor(broken)))
+        assert np.isnan(per_sample[0]) and np.isfinite(per_sample[1]), (loss.name, per_sample)
+        assert np.isnan(float(loss(good, broken)))
+    zeros = np.zeros((2, 4), "float32")  # zero features stay a finite loss of 1
+    np.testing.assert_allclose(ops.convert_to_numpy(CosineAlignmentLoss().call(good, zeros)), 1.0)

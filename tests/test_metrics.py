@@ -4,6 +4,7 @@ import pytest
 from scipy import stats
 
 from keras_cskd import metrics
+from keras_cskd.layers import mean_score
 from keras_cskd.models import AestheticScorer
 from tests import tiny
 
@@ -41,12 +42,90 @@ def test_correlations_of_distributions_use_mean_scores():
     np.testing.assert_allclose(float(srcc.result()), stats.spearmanr(true @ bins, pred @ bins)[0], rtol=1e-4)
 
 
-def test_buffer_overflow_is_counted_not_wrapped():
+def test_buffer_overflow_is_an_error_not_a_partial_value():
     srcc = metrics.SRCC(max_samples=8)
     true = RNG.normal(size=12).astype("float32")
     srcc.update_state(true, true)
     assert int(srcc.count) == 8 and int(srcc.dropped) == 4
-    assert float(srcc.result()) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"12 samples .* max_samples=8"):
+        srcc.result()
+
+
+def test_correlations_are_exact_over_avas_size():
+    """255,530 samples, the first 100k easier than the rest (AVA in file order)."""
+    n = 255_530
+    true = RNG.normal(5.0, 0.7, n).astype("float32")
+    noise = np.where(np.arange(n) < 100_000, 0.2, 1.5)
+    pred = (true + RNG.normal(size=n) * noise).astype("float32")
+    srcc, plcc = metrics.SRCC(), metrics.PLCC()
+    for t, p in batches(true, pred, 32_768):
+        srcc.update_state(t, p)
+        plcc.update_state(t, p)
+    assert int(srcc.count) == n and int(srcc.dropped) == 0
+    np.testing.assert_allclose(float(srcc.result()), stats.spearmanr(true, pred)[0], atol=1e-6)
+    np.testing.assert_allclose(float(plcc.result()), stats.pearsonr(true, pred)[0], atol=1e-6)
+
+
+def test_plcc_moments_stay_exact_over_many_small_batches():
+    true = RNG.normal(5.0, 0.5, 20_000).astype("float32")
+    pred = (true + RNG.normal(size=20_000)).astype("float32")
+    plcc = metrics.PLCC()
+    update = plcc.update_state
+    for t, p in batches(true, pred, 16):
+        update(t, p)
+    np.testing.assert_allclose(float(plcc.result()), stats.pearsonr(true, pred)[0], atol=1e-5)
+
+
+def test_step_logs_preview_and_epoch_logs_are_exact(monkeypatch):
+    """Per-batch logs show the latest samples' SRCC; History and evaluate the exact one."""
+    monkeypatch.setattr(metrics, "PREVIEW_SAMPLES", 8)
+    x = RNG.normal(size=(64, 3)).astype("float32")
+    y = (x[:, 0] + RNG.normal(size=64)).astype("float32")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1), keras.layers.Reshape(())])
+    model.compile(keras.optimizers.SGD(0.0), "mse", metrics=[metrics.SRCC(), metrics.PLCC()])
+    batch_logs = []
+    logger = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: batch_logs.append(dict(logs)))
+    history = model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[logger])
+    pred = model.predict(x, verbose=0)
+    exact = stats.spearmanr(y, pred)[0]
+    np.testing.assert_allclose(history.history["srcc"][0], exact, atol=1e-5)
+    np.testing.assert_allclose(history.history["plcc"][0], stats.pearsonr(y, pred)[0], atol=1e-5)
+    np.testing.assert_allclose(batch_logs[-1]["srcc"], stats.spearmanr(y[-8:], pred[-8:])[0], atol=1e-5)
+    assert abs(batch_logs[-1]["srcc"] - exact) > 1e-3  # the preview is what the step logs show
+    results = model.evaluate(x, y, batch_size=16, return_dict=True, verbose=0)
+    np.testing.assert_allclose(results["srcc"], exact, atol=1e-5)
+    np.testing.assert_allclose(float(model.metrics[-1].metrics[0].result()), exact, atol=1e-5)
+
+
+def test_threshold_accuracy_counts_a_mean_of_exactly_5_as_low():
+    """Vote histograms whose mean is exactly 5, normalised in float32 (AVA labels)."""
+    votes = []
+    for _ in range(41):
+        counts = RNG.integers(0, 30, size=10)
+        gap = int(counts @ np.arange(1, 11)) - 5 * int(counts.sum())  # sum_k (k - 5) c_k
+        while gap != 0:  # a vote for 10 adds 5, a vote for 1 takes 4
+            if gap < 0:
+                counts[9], gap = counts[9] + 1, gap + 5
+            else:
+                counts[0], gap = counts[0] + 1, gap - 4
+        votes.append(counts)
+    votes = np.array(votes, "float32")
+    labels = votes / votes.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(labels.astype("float64") @ np.arange(1, 11), 5.0, atol=1e-5)
+    assert np.any(keras.ops.convert_to_numpy(mean_score(labels)) > 5.0)  # float32 rounding above 5
+    low = np.zeros_like(labels)
+    low[:, 3] = 1.0  # mean 4
+    high = np.zeros_like(labels)
+    high[:, 5] = 1.0  # mean 6
+    accuracy = metrics.ThresholdAccuracy(threshold=5.0)
+    accuracy.update_state(labels, low)
+    assert float(accuracy.result()) == 1.0
+    accuracy.reset_state()
+    accuracy.update_state(labels, high)
+    assert float(accuracy.result()) == 0.0
+    accuracy.reset_state()
+    accuracy.update_state(labels, labels)
+    assert float(accuracy.result()) == 1.0
 
 
 def test_threshold_accuracy_and_emd():

@@ -40,7 +40,8 @@ def list_images(*roots, recursive=True):
 
     Args:
         *roots: folders (searched recursively unless `recursive=False`; hidden
-            files and folders are skipped), list files (`.txt`, `.lst`,
+            files and folders are skipped; links are followed, each real
+            folder is listed once, so a link loop ends), list files (`.txt`, `.lst`,
             `.list`, `.jpgl`, `.csv`: one path per line, relative paths are
             relative to the list file, blank lines and `#` comments ignored),
             or image files.
@@ -60,10 +61,16 @@ def list_images(*roots, recursive=True):
     ['a.jpg', 'sub/b.PNG']
     """
     found = []
+    visited = set()  # real folders already listed: links are followed, each folder read once
     for root in roots:
         root = os.fspath(root)
         if os.path.isdir(root):
             for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+                real = os.path.realpath(dirpath)
+                if real in visited:  # a link loop (`ln -s . again`) or a second link to it
+                    dirnames[:] = []
+                    continue
+                visited.add(real)
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
                 found += [os.path.join(dirpath, f) for f in filenames if not f.startswith(".") and is_image_file(f)]
         elif root.lower().endswith(_LIST_FILE_EXTENSIONS):

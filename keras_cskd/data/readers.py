@@ -40,7 +40,28 @@ def _first_dir(root, candidates):
     return root
 
 
+def _refuse_duplicate_ids(name, ids):
+    """Raise a one-line `ValueError` if an image id appears more than once.
+
+    Two rows for one image (often with different votes) leave no right label
+    to keep, and would put the same image in two splits, so a label file with
+    duplicates is refused: remove them and read it again.
+    """
+    seen, repeated = set(), {}
+    for position, image_id in enumerate(ids):
+        if image_id in seen:
+            repeated.setdefault(image_id, position + 1)
+        seen.add(image_id)
+    if repeated:
+        first = next(iter(repeated))
+        raise ValueError(
+            f"{name}: {len(repeated)} image id(s) appear on more than one row (e.g. {first!r}, again on row "
+            f"{repeated[first]}); keep one row per image in the label file"
+        )
+
+
 def _records(name, ids, paths, distributions, bins, **split_args):
+    _refuse_duplicate_ids(name, ids)
     return LabeledRecords(
         name=name,
         ids=np.asarray(ids, str),

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import tomllib
 
 # The values `[train] xla` and `[train] mixed_precision` accept.
@@ -147,14 +148,59 @@ class RecipeConfig:
         return "\n".join(lines)
 
     def validate(self):
-        """Raise `ConfigError` for a field whose value is not one of its choices."""
-        if self.train.xla not in XLA_CHOICES:
-            raise ConfigError(f"[train] xla must be 'auto', 'on' or 'off', got {self.train.xla!r}")
-        if self.train.mixed_precision not in MIXED_PRECISION_CHOICES:
+        """Raise `ConfigError` (one line) for the first field whose value cannot work.
+
+        Checks every field that some phase would otherwise reject only when it
+        reaches it (or not at all), so a bad config fails before any work starts.
+        """
+        for section, name, ok, need in _RULES:
+            value = getattr(getattr(self, section), name)
+            if not ok(value):
+                raise ConfigError(f"[{section}] {name} must be {need}, got {value!r}")
+        weights, sources = self.data.unlabeled_weights, self.data.unlabeled
+        if weights and len(weights) != len(sources):
             raise ConfigError(
-                "[train] mixed_precision must be '', 'mixed_bfloat16' or 'mixed_float16', "
-                f"got {self.train.mixed_precision!r}"
+                f"[data] unlabeled_weights has {len(weights)} value(s) for {len(sources)} unlabeled source(s)"
             )
+
+
+def _positive(value):
+    return value > 0
+
+
+def _finite_positive(value):
+    return math.isfinite(value) and value > 0
+
+
+# (section, field, check, what it must be): every numeric field of the recipe.
+_RULES = (
+    ("data", "synthetic_labeled", _positive, "a positive number of images"),
+    ("data", "synthetic_unlabeled", _positive, "a positive number of images"),
+    ("data", "synthetic_test_fraction", lambda v: 0.0 < v < 1.0, "in (0, 1)"),
+    ("data", "image_size", lambda v: v >= 8, "at least 8 (pixels)"),
+    ("data", "batch_size", _positive, "a positive number of images"),
+    ("data", "unlabeled_ratio", _finite_positive, "a positive number"),
+    (
+        "data",
+        "unlabeled_weights",
+        lambda v: all(isinstance(w, (int, float)) and w >= 0 for w in v) and (not v or sum(v) > 0),
+        "non-negative numbers, not all 0",
+    ),
+    ("model", "projection_hidden_dim", _positive, "a positive width"),
+    ("model", "num_bins", lambda v: v >= 2, "at least 2 bins"),
+    ("model", "dropout", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    ("model", "batch_norm_momentum", lambda v: 0.0 <= v < 1.0, "in [0, 1) (0 keeps each backbone's own)"),
+    ("model", "stand_in_clip_images", _positive, "a positive number of scenes"),
+    ("model", "stand_in_clip_epochs", _positive, "a positive number of epochs"),
+    ("train", "align_epochs", _positive, "a positive number of epochs"),
+    ("train", "teacher_epochs", _positive, "a positive number of epochs"),
+    ("train", "distill_epochs", _positive, "a positive number of epochs"),
+    ("train", "learning_rate", _finite_positive, "a positive number"),
+    ("train", "unlabeled_weight", lambda v: math.isfinite(v) and v >= 0, "a non-negative number"),
+    ("train", "seed", lambda v: v >= 0, "a non-negative integer"),
+    ("train", "xla", lambda v: v in XLA_CHOICES, "'auto', 'on' or 'off'"),
+    ("train", "mixed_precision", lambda v: v in MIXED_PRECISION_CHOICES, "'', 'mixed_bfloat16' or 'mixed_float16'"),
+)
 
 
 def _toml_value(value):

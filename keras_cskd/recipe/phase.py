@@ -5,9 +5,11 @@ recomputed. A phase killed at any moment (SIGKILL included) resumes from its
 last completed epoch (`keras_cskd.callbacks.CheckpointEachEpoch`: atomic
 checkpoints, the newest two kept) and, since each epoch's data is fixed by
 (seed, epoch) (`PassesFollowEpochs`), ends with the weights an uninterrupted
-run would have. A non-finite loss stops the phase, keeps the last good
-checkpoint and raises `PhaseError`; Ctrl-C saves the current weights before
-it exits.
+run would have. A phase is done only if it trained: a non-finite loss or
+weight stops it, keeps the last good checkpoint and raises `PhaseError` with a
+command that resumes it (the learning rate may be lowered on resume); an
+epoch with no training step raises `PhaseError` naming the data it needs.
+Ctrl-C saves the current weights before it exits.
 """
 
 import dataclasses
@@ -19,11 +21,12 @@ import keras
 
 from keras_cskd.callbacks import CheckpointEachEpoch
 from keras_cskd.callbacks import PassesFollowEpochs
+from keras_cskd.callbacks import non_finite_weights
 from keras_cskd.recipe.config import ConfigError
 
 
 class PhaseError(RuntimeError):
-    """A phase stopped (non-finite loss) with its last good checkpoint kept."""
+    """A phase stopped: non-finite values (its last good checkpoint kept) or no data to train on."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +43,7 @@ class PhaseSpec:
         scorer_file: str or None. The `AestheticScorer` it leaves in `folder`,
             scored by the `evaluate` phase.
         report_name: str or None. That scorer's name in the evaluation report.
+        data: str. The data it trains on, for the error when none arrives.
 
     Example:
     >>> [spec.report_name for spec in PHASE_TABLE if spec.scorer_file]
@@ -55,10 +59,19 @@ class PhaseSpec:
     help: str
     scorer_file: str | None = None
     report_name: str | None = None
+    data: str = ""
 
 
+_LABELED = "readable labeled training images ([data] ava_root), at least [data] batch_size of them"
 PHASE_TABLE = (
-    PhaseSpec("align", "align", "aligner.keras", "align", "phase 1: align teacher and student learners to CLIP"),
+    PhaseSpec(
+        "align",
+        "align",
+        "aligner.keras",
+        "align",
+        "phase 1: align teacher and student learners to CLIP",
+        data="readable unlabeled images ([data] unlabeled), at least [data] batch_size of them",
+    ),
     PhaseSpec(
         "teacher",
         "teacher",
@@ -67,6 +80,7 @@ PHASE_TABLE = (
         "phase 2a: fine-tune the aligned teacher on labels",
         scorer_file="teacher.keras",
         report_name="teacher",
+        data=_LABELED,
     ),
     PhaseSpec(
         "baseline",
@@ -76,6 +90,7 @@ PHASE_TABLE = (
         "phase 2b: labels-only student",
         scorer_file="student_labels_only.keras",
         report_name="student (labels only)",
+        data=_LABELED,
     ),
     PhaseSpec(
         "distill",
@@ -85,6 +100,7 @@ PHASE_TABLE = (
         "the distilled student",
         scorer_file="student.keras",
         report_name="student (CSKD)",
+        data=_LABELED + " and readable unlabeled images ([data] unlabeled)",
     ),
     PhaseSpec("evaluate", "evaluate", None, "evaluate", "test metrics, report.md and plots of the trained scorers"),
 )
@@ -192,12 +208,18 @@ class Phase:
         `passes` is the `PassClock` a `keras_cskd.data` dataset was built with
         (`passes=`): it is pinned to the epoch, so a resumed phase reads pass
         *epoch* in each epoch, the data an uninterrupted one would.
+
+        The phase is done only if it trained: an epoch with no training step
+        (no data arrived) raises `PhaseError` naming the data it needs, and a
+        non-finite loss or weight raises `PhaseError` before anything is saved.
         """
         os.makedirs(self.dir, exist_ok=True)
         checkpoint = CheckpointEachEpoch(os.path.join(self.dir, "checkpoint"))
+        steps = _StepCounter()
         callbacks = [
             *([PassesFollowEpochs(passes)] if passes is not None else []),
             checkpoint,
+            steps,
             keras.callbacks.CSVLogger(os.path.join(self.dir, "history.csv"), append=True),
             keras.callbacks.TensorBoard(os.path.join(self.dir, "logs"), write_graph=False),
             *callbacks,
@@ -205,7 +227,8 @@ class Phase:
         if self.strategy is not None:
             dataset = self.strategy.distribute_dataset(dataset)
         try:
-            history = model.fit(dataset, epochs=epochs, callbacks=callbacks, verbose=1)
+            # The recipe's datasets shuffle themselves (by seed and pass); fit's shuffle does not apply.
+            history = model.fit(dataset, epochs=epochs, callbacks=callbacks, verbose=1, shuffle=False)
         except KeyboardInterrupt:
             path = os.path.join(self.dir, "interrupted.weights.h5")
             model.save_weights(path)
@@ -214,18 +237,74 @@ class Phase:
                 "are checkpointed, run the same command to resume."
             )
             raise
+        except Exception as error:
+            if not steps.batch_began:  # jax / torch fail before any step on empty data
+                raise PhaseError(self._no_step_message(1)) from error
+            raise
         if checkpoint.non_finite:
-            raise PhaseError(
-                f"[{self.name}] non-finite loss at {checkpoint.non_finite}; stopped. The last good checkpoint "
-                f"(epoch {checkpoint.completed_epochs}) is kept in {checkpoint.backup_dir}. Lower the learning "
-                "rate and run the same command to resume from it."
-            )
+            advice = self._advice(checkpoint)
+            kind = checkpoint.non_finite_kind
+            raise PhaseError(f"[{self.name}] non-finite {kind} at {checkpoint.non_finite}; stopped. {advice}")
+        if steps.empty_epoch is not None:
+            shutil.rmtree(checkpoint.backup_dir, ignore_errors=True)
+            raise PhaseError(self._no_step_message(steps.empty_epoch + 1))
+        weights = non_finite_weights(model)
+        if weights is not None:
+            raise PhaseError(f"[{self.name}] {weights}; not saved. {self._advice(checkpoint)}")
         save_atomically(model, self.model_path)
         last = {k: float(v[-1]) for k, v in history.history.items() if v}
-        summary = {"phase": self.name, "epochs": epochs, "final": last}
+        summary = {"phase": self.name, "epochs": epochs, "steps": steps.total, "final": last}
         with open(self.done_path, "w") as file:
             json.dump(summary, file, indent=1)
         shutil.rmtree(checkpoint.backup_dir, ignore_errors=True)
         shown = ", ".join(f"{k} {last[k]:.4f}" for k in summary_keys if k in last)
         self.log(f"[{self.name}] done in {epochs} epochs: {shown}. Saved {self.model_path}")
         return model
+
+    def _no_step_message(self, epoch):
+        return (
+            f"[{self.name}] epoch {epoch} took no training step: no batch arrived. "
+            f"The phase needs {self.spec.data or 'training data'}."
+        )
+
+    def _advice(self, checkpoint):
+        """What to do after a non-finite stop: a command that works, and only checkpoints that exist."""
+        out_dir = os.path.dirname(self.dir)
+        config = os.path.join(out_dir, "config.toml")
+        kept = checkpoint.checkpoints()
+        where = (
+            f"it resumes from the last good checkpoint (epoch {int(kept[-1].rsplit('-', 1)[-1])}), {kept[-1]}"
+            if kept
+            else "no epoch of this phase completed, so it starts over"
+        )
+        return (
+            f"Lower learning_rate under [train] in {config} and run 'cskd run {config} --out {out_dir}': "
+            f"finished phases are kept and {where}, with the new learning rate."
+        )
+
+
+class _StepCounter(keras.callbacks.Callback):
+    """Counts the training steps `fit` takes; notes the first epoch that took none."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+        self.empty_epoch = None
+        self._epoch_steps = 0
+
+    batch_began = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_steps = 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.batch_began = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._epoch_steps += 1
+        self.total += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._epoch_steps == 0 and self.empty_epoch is None:
+            self.empty_epoch = epoch
+            self.model.stop_training = True
