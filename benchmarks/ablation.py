@@ -288,6 +288,7 @@ def plot_pool_curve(curves, path):
         label=f"mean ± sd over {len(values)} seeds",
     )
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(sizes, [str(n) for n in sizes])
     ax.set_xlabel("unlabeled images (alignment and distillation)")
     ax.set_ylabel("CSKD student SRCC (300 test images)")

@@ -85,7 +85,11 @@ def main(argv=None):
         json.dump(stats, f, indent=1, default=lambda v: np.asarray(v).tolist())
     summary = {name: head_spread(s) for name, s in stats.items()}
     with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump({"images": int(len(images)), "run": os.path.abspath(args.run), "models": summary}, f, indent=1)
+        json.dump(
+            {"images": int(len(images)), "run": os.path.basename(os.path.normpath(args.run)), "models": summary},
+            f,
+            indent=1,
+        )
     print(json.dumps(summary, indent=1))
 
 
