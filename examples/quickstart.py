@@ -45,19 +45,19 @@ aligner.compile(optimizer=keras.optimizers.Adam(1e-3))
 unlabeled = data.unlabeled_dataset(
     world.unlabeled_dir, image_size=SIZE, batch_size=16, seed=0, clip_view_size=clip.view_size
 )
-aligner.fit(unlabeled, epochs=2)
+aligner.fit(unlabeled, epochs=3)
 
 # Phase 2a: fine-tune the aligned teacher on labels (squared EMD).
 teacher = AestheticScorer(aligner.learners["teacher"].backbone)
 teacher.compile(optimizer=keras.optimizers.Adam(1e-3))
-teacher.fit(data.labeled_dataset(records, "train", image_size=SIZE, batch_size=16, seed=0), epochs=3)
+teacher.fit(data.labeled_dataset(records, "train", image_size=SIZE, batch_size=16, seed=0), epochs=5)
 
 # Phase 2b: distill into the aligned student on labeled + unlabeled images.
 student = AestheticScorer(aligner.learners["student"].backbone)
 distiller = SemiSupervisedDistiller(teacher, student)
 distiller.compile(optimizer=keras.optimizers.Adam(1e-3))
 distiller.fit(
-    data.semi_supervised_dataset(records, world.unlabeled_dir, image_size=SIZE, batch_size=16, seed=0), epochs=3
+    data.semi_supervised_dataset(records, world.unlabeled_dir, image_size=SIZE, batch_size=16, seed=0), epochs=10
 )
 
 test = data.labeled_dataset(records, "test", image_size=SIZE, batch_size=64)
