@@ -66,6 +66,10 @@ def _predict(args):
 
     from keras_cskd import data
 
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive number of images, got {args.batch_size}")
+    if args.image_size is not None and args.image_size < 1:
+        raise ValueError(f"--image-size must be a positive number of pixels, got {args.image_size}")
     model = keras.saving.load_model(args.model) if os.path.exists(args.model) else None
     if model is None:
         raise FileNotFoundError(f"model not found: {args.model}")
@@ -98,8 +102,12 @@ def _predict(args):
                 writer.writerow([path.decode(), f"{float(row @ values):.4f}"] + [f"{p:.5f}" for p in row])
             written += len(distribution)
             progress.update(written)
+    progress.update(written, finalize=True)  # skipped files never arrive: end the bar on its own line
+    examples = ", ".join(path for path, _ in skipped.examples)
+    if not written:
+        os.remove(args.csv)
+        raise RuntimeError(f"no image could be read: skipped all {skipped.count} file(s), e.g. {examples}")
     if skipped.count:
-        examples = ", ".join(path for path, _ in skipped.examples)
         print(f"warning: skipped {skipped.count} unreadable file(s), e.g. {examples}", file=sys.stderr)
     print(f"Scored {written} image(s) into {args.csv}")
     return 0

@@ -110,3 +110,10 @@ def test_clip_preset_that_is_not_clip(tmp_path):
     tiny.vit_backbone().save_to_preset(preset)
     with pytest.raises(ValueError, match="holds a ViTBackbone, not a CLIP model"):
         CLIPImageTeacher.from_preset(preset)
+
+
+def test_missing_clip_preset_is_a_one_line_error(tmp_path):
+    with pytest.raises(ValueError) as error:
+        CLIPImageTeacher.from_preset(str(tmp_path / "no_such_preset"))
+    message = str(error.value)
+    assert message.startswith("Cannot load the CLIP preset") and "\n" not in message

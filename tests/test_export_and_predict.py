@@ -197,3 +197,18 @@ def test_predict_writes_csv_and_skips_unreadable_files(exported, tmp_path, capsy
     np.testing.assert_allclose([by_path[p] for p in sorted(paths)], mean, atol=ATOL_SCORE)
     assert "skipped 1 unreadable" in capsys.readouterr().err
     assert cli.main(["predict", str(tmp_path / "nope.keras"), folder]) == 1
+
+
+def test_predict_refuses_bad_batch_size_and_a_folder_of_unreadable_files(exported, tmp_path, capsys):
+    _, model_path, _, _, _, _ = exported
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    for name in ("a.jpg", "b.png"):
+        (folder / name).write_bytes(b"\xff\xd8 truncated")
+    out_csv = str(tmp_path / "scores.csv")
+    assert cli.main(["predict", model_path, str(folder), "--csv", out_csv, "--batch-size", "0"]) == 1
+    assert "--batch-size must be a positive number" in capsys.readouterr().err
+    assert cli.main(["predict", model_path, str(folder), "--csv", out_csv]) == 1
+    err = capsys.readouterr().err
+    assert "no image could be read: skipped all 2 file(s)" in err and len(err.strip().splitlines()) <= 2
+    assert not os.path.exists(out_csv)
