@@ -130,6 +130,8 @@ def _align(run, phase):
     config = run.config
     size = config.data.image_size
     clip = clip_teacher(config, run.out_dir)
+    # The learners start from the same weights whether the stand-in CLIP was trained just now or loaded.
+    keras.utils.set_random_seed(config.train.seed)
     aligner = CLIPFeatureAligner(
         clip,
         {
