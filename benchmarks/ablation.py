@@ -372,6 +372,14 @@ def plot(table, path, title):
     fig.savefig(path, dpi=110)
 
 
+def write_results(args, clip_info, start, **results):
+    """`--json`: the arguments, what the stand-in CLIP carries, `results` and the seconds taken."""
+    if args.json:
+        with open(args.json, "w") as f:
+            record = {"args": vars(args), "clip": clip_info, **results}
+            json.dump({**record, "seconds": round(time.perf_counter() - start, 1)}, f, indent=1)
+
+
 def seed_list(text):
     """`"5"` -> [0, 1, 2, 3, 4]; `"7,8,9"` -> [7, 8, 9]."""
     if "," in text:
@@ -429,18 +437,7 @@ def main(argv=None):
         curves = [run_pool_curve(seed, clip, args, workdir, args.pool_sizes) for seed in args.seeds]
         for curve in curves:
             print(json.dumps(curve), flush=True)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(
-                    {
-                        "args": vars(args),
-                        "clip": clip_info,
-                        "curves": curves,
-                        "seconds": round(time.perf_counter() - start, 1),
-                    },
-                    f,
-                    indent=1,
-                )
+        write_results(args, clip_info, start, curves=curves)
         if args.plot:
             plot_pool_curve(curves, args.plot)
         return curves
@@ -452,20 +449,7 @@ def main(argv=None):
     text = markdown(table, runs, args, clip_info)
     print(text)
     print(f"total {time.perf_counter() - start:.0f}s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "args": vars(args),
-                    "clip": clip_info,
-                    "runs": runs,
-                    "summary": table,
-                    "paired_steps": paired_steps(runs),
-                    "seconds": round(time.perf_counter() - start, 1),
-                },
-                f,
-                indent=1,
-            )
+    write_results(args, clip_info, start, runs=runs, summary=table, paired_steps=paired_steps(runs))
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(text + "\n")

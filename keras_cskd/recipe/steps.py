@@ -17,6 +17,7 @@ import numpy as np
 from keras_cskd import data
 from keras_cskd import distribute
 from keras_cskd import metrics as cskd_metrics
+from keras_cskd import report
 from keras_cskd.layers import bin_values_for
 from keras_cskd.models import AestheticScorer
 from keras_cskd.models import CLIPFeatureAligner
@@ -226,8 +227,6 @@ def score_metrics(true, pred, num_bins=10):
     Correlations of constant predicted scores are `report.CONSTANT_PREDICTIONS`
     ("n/a (constant predictions)"), not 0.
     """
-    from keras_cskd import report
-
     result = {}
     for metric in (cskd_metrics.SRCC(), cskd_metrics.PLCC(), cskd_metrics.ThresholdAccuracy(), cskd_metrics.EMD()):
         metric.update_state(true, pred)
@@ -250,8 +249,6 @@ def load_scorers(out_dir):
 
 def run_evaluate(config, out_dir, datasets, scorers, log=print):
     """Metrics of each scorer on the test split, `metrics.json`, report and plots."""
-    from keras_cskd import report
-
     results, predictions = {}, {}
     bins = np.asarray(bin_values_for(config.model.num_bins))
     for name, scorer in scorers.items():
