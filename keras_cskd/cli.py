@@ -4,7 +4,7 @@
     cskd run CONFIG [--out DIR] [--distribute]   the whole recipe from a TOML config
     cskd config --example                 print a config with every field described
     cskd align | train-teacher | distill | evaluate [--config CONFIG] [--out DIR]
-    cskd predict MODEL PATH... [--csv FILE]
+    cskd predict MODEL PATH... [--csv FILE] [--resume]
     cskd export MODEL --out DIR|FILE [--format tf_saved_model|onnx|litert|openvino] [--quantize int8 ...]
     cskd analyze MODEL... --images PATH... --out DIR
 
@@ -22,6 +22,7 @@ import argparse
 import csv
 import os
 import sys
+import time
 
 # Quiet TensorFlow's C++ start-up logs unless the user asked for them.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -60,6 +61,19 @@ def _config(args):
     return 0
 
 
+def _scored_paths(csv_path):
+    """Paths already in a predictions CSV; a row cut off by a killed run is dropped from the file."""
+    if not os.path.exists(csv_path):
+        return set()
+    with open(csv_path, "rb+") as file:
+        content = file.read()
+        complete = content.rfind(b"\n") + 1
+        if complete < len(content):  # the last row was being written when the run stopped
+            file.truncate(complete)
+    with open(csv_path, newline="") as file:
+        return {row[0] for row in list(csv.reader(file))[1:] if row}
+
+
 def _predict(args):
     import keras
     import numpy as np
@@ -79,6 +93,18 @@ def _predict(args):
     size = args.image_size or model.input_shape[1]
     if size is None:
         raise ValueError("the model takes any image size; give --image-size")
+    values = np.arange(1, model.output_shape[-1] + 1, dtype="float32")
+    values = np.asarray(getattr(model, "bin_values", None) or values, dtype="float32")
+    header = ["path", "mean_score"] + [f"p{i + 1}" for i in range(len(values))]
+    done = _scored_paths(args.csv) if args.resume else set()
+    if done:
+        with open(args.csv, newline="") as file:
+            if next(csv.reader(file), None) != header:
+                raise ValueError(f"--resume: {args.csv} is not a predictions CSV of this model ({len(values)} bins)")
+        files = [path for path in files if path not in done]
+        print(f"Resuming: {len(done)} image(s) already in {args.csv}, {len(files)} to score")
+        if not files:
+            return 0
     skipped = data.SkipCounter()
     dataset = data.unlabeled_dataset(
         data.ImageFiles(files),
@@ -89,22 +115,22 @@ def _predict(args):
         dtype="float32",
         skipped=skipped,
     )
-    values = np.arange(1, model.output_shape[-1] + 1, dtype="float32")
-    values = np.asarray(getattr(model, "bin_values", None) or values, dtype="float32")
-    progress = keras.utils.Progbar(len(files), unit_name="image")
-    written = 0
-    with open(args.csv, "w", newline="") as file:
+    progress = keras.utils.Progbar(len(files), unit_name="image", stateful_metrics=["images/s"])
+    written, start = 0, time.perf_counter()
+    with open(args.csv, "a" if done else "w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["path", "mean_score"] + [f"p{i + 1}" for i in range(len(values))])
+        if not done:
+            writer.writerow(header)
         for images, paths in dataset:
             distribution = keras.ops.convert_to_numpy(model(images.numpy(), training=False))
             for path, row in zip(paths.numpy(), distribution):
                 writer.writerow([path.decode(), f"{float(row @ values):.4f}"] + [f"{p:.5f}" for p in row])
+            file.flush()  # what is scored is on disk: a killed run continues with --resume
             written += len(distribution)
-            progress.update(written)
+            progress.update(written, values=[("images/s", written / (time.perf_counter() - start))])
     progress.update(written, finalize=True)  # skipped files never arrive: end the bar on its own line
     examples = ", ".join(path for path, _ in skipped.examples)
-    if not written:
+    if not written and not done:
         os.remove(args.csv)
         raise RuntimeError(f"no image could be read: skipped all {skipped.count} file(s), e.g. {examples}")
     if skipped.count:
@@ -192,6 +218,9 @@ def _register_predict(subparsers):
     predict.add_argument("--csv", default="predictions.csv", help="output CSV (default: predictions.csv)")
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument("--image-size", type=int, help="default: the model's input size")
+    predict.add_argument(
+        "--resume", action="store_true", help="keep the rows already in --csv and score only the other images"
+    )
     predict.set_defaults(func=_predict)
 
 

@@ -212,3 +212,23 @@ def test_predict_refuses_bad_batch_size_and_a_folder_of_unreadable_files(exporte
     err = capsys.readouterr().err
     assert "no image could be read: skipped all 2 file(s)" in err and len(err.strip().splitlines()) <= 2
     assert not os.path.exists(out_csv)
+
+
+def test_predict_resume_keeps_scored_rows_and_scores_the_rest(exported, tmp_path, capsys):
+    """A run killed mid-row leaves a cut-off last line; --resume drops it and scores what is missing."""
+    model, model_path, _, _, _, _ = exported
+    folder = str(tmp_path / "imgs")
+    paths = write_pngs(folder, [(32, 32), (40, 36), (36, 40), (48, 32)])
+    out_csv = str(tmp_path / "scores.csv")
+    assert cli.main(["predict", model_path, folder, "--csv", out_csv, "--batch-size", "2"]) == 0
+    full = open(out_csv).read()
+    lines = full.splitlines(keepends=True)
+    with open(out_csv, "w") as file:  # header, one whole row, half of the next
+        file.write(lines[0] + lines[1] + lines[2][: len(lines[2]) // 2])
+    assert cli.main(["predict", model_path, folder, "--csv", out_csv, "--resume"]) == 0
+    assert "1 image(s) already in" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(out_csv)))
+    assert sorted(r["path"] for r in rows) == sorted(paths)
+    assert sorted(open(out_csv).read().splitlines()) == sorted(full.splitlines())
+    assert cli.main(["predict", model_path, folder, "--csv", out_csv, "--resume"]) == 0
+    assert len(list(csv.DictReader(open(out_csv)))) == len(paths)
