@@ -35,6 +35,7 @@ Example:
 (['epoch-00001', 'epoch-00002'], 1)
 """
 
+import errno
 import json
 import math
 import os
@@ -76,6 +77,39 @@ def non_finite_weights(model):
     return f"{len(bad)} of {len(weights)} weight arrays hold NaN or Inf (e.g. {bad[0]})"
 
 
+def _megabytes(count):
+    return f"{count / 2**20:.1f} MB"
+
+
+def state_bytes(model):
+    """Bytes of a model's variables and its optimizer's: about what a checkpoint or `.keras` file holds."""
+    variables = list(model.variables)
+    if getattr(model, "optimizer", None) is not None:
+        variables += list(model.optimizer.variables)
+    return sum(int(np.prod(v.shape)) * np.dtype(keras.backend.standardize_dtype(v.dtype)).itemsize for v in variables)
+
+
+def ensure_free_space(folder, needed, what):
+    """Raise a one-line `OSError` (ENOSPC) unless `folder`'s file system has `needed` bytes free, and some spare.
+
+    The check runs before anything is written: a write that fails half-way
+    inside the HDF5 or zip writers prints pages of errors and can crash the
+    process, and the state in memory would be lost with it.
+
+    Example:
+    >>> ensure_free_space("/tmp", 1024, "a test file")
+    """
+    os.makedirs(folder, exist_ok=True)
+    needed = int(needed * 1.05) + 2**18  # file format overhead, the small files beside it
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise OSError(
+            errno.ENOSPC,
+            f"No space left for {what} in {folder}: it needs about {_megabytes(needed)}, "
+            f"{_megabytes(free)} free. Free some space and run the same command again to continue",
+        )
+
+
 class CheckpointEachEpoch(keras.callbacks.BackupAndRestore):
     """Atomic per-epoch checkpoints with seed states; stops on a non-finite loss.
 
@@ -84,7 +118,10 @@ class CheckpointEachEpoch(keras.callbacks.BackupAndRestore):
     draws from, and `state.json`) written under a temporary name and renamed
     into place, so a kill at any moment leaves only complete checkpoints. The
     newest two are kept, also after training, so a stopped phase can resume;
-    if the newest does not load, the one before it is used.
+    if the newest does not load, the one before it is used. Before writing,
+    it checks the free space (dropping the older of the two if that makes
+    room); too little stops training with a one-line `OSError` and the
+    newest checkpoint intact.
 
     Args:
         backup_dir: folder of the checkpoints.
@@ -104,10 +141,23 @@ class CheckpointEachEpoch(keras.callbacks.BackupAndRestore):
         names = sorted(n for n in os.listdir(self.backup_dir) if _CHECKPOINT.match(n))
         return [os.path.join(self.backup_dir, n) for n in names]
 
+    def _make_room(self, what):
+        needed = state_bytes(self.model)
+        try:
+            ensure_free_space(self.backup_dir, needed, what)
+        except OSError:
+            older = self.checkpoints()[:-1]  # the newest stays whatever happens
+            if not older:
+                raise
+            for old in older:
+                shutil.rmtree(old, ignore_errors=True)
+            ensure_free_space(self.backup_dir, needed, what)
+
     def _save_model(self):
         final = os.path.join(self.backup_dir, f"epoch-{self._current_epoch:05d}")
         partial = final + ".partial"
         shutil.rmtree(partial, ignore_errors=True)
+        self._make_room(f"the checkpoint of epoch {self._current_epoch}")
         os.makedirs(partial)
         self.model.save_weights(os.path.join(partial, "model.weights.h5"))
         states = [keras.ops.convert_to_numpy(v) for v in seed_states(self.model)]  # each (2,)

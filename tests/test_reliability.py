@@ -67,6 +67,41 @@ def test_non_finite_phase_is_not_done_and_its_advice_names_what_exists(tmp_path)
     assert "checkpoint" not in str(error.value).split("run '")[0]  # names no checkpoint folder
 
 
+def test_a_full_disk_stops_with_one_line_keeps_the_checkpoint_and_resumes(tmp_path, monkeypatch):
+    """Simulated ENOSPC: after epoch 1 the file system reports less free space than a checkpoint needs."""
+    import collections
+    import errno
+
+    from keras_cskd import callbacks
+
+    real_disk_usage = callbacks.shutil.disk_usage
+    usage = collections.namedtuple("usage", "total used free")
+
+    class FillDiskAfterEpoch(keras.callbacks.Callback):
+        full = False
+
+        def on_epoch_end(self, epoch, logs=None):
+            FillDiskAfterEpoch.full = FillDiskAfterEpoch.full or epoch == 0
+
+    def disk_usage(path):
+        return usage(1 << 30, 1 << 30, 1000) if FillDiskAfterEpoch.full else real_disk_usage(path)
+
+    monkeypatch.setattr(callbacks.shutil, "disk_usage", disk_usage)
+    phase = Phase(str(tmp_path), "teacher", log=lambda line: None)
+    # The filler runs first: epoch 1's checkpoint fits, epoch 2's does not.
+    with pytest.raises(OSError) as error:
+        phase.train(_model(), _data(), 3, callbacks=[FillDiskAfterEpoch()])
+    assert error.value.errno == errno.ENOSPC and "\n" not in str(error.value)
+    assert "checkpoint of epoch 2" in str(error.value) and os.path.join(phase.dir, "checkpoint") in str(error.value)
+    assert [os.path.basename(p) for p in os.listdir(os.path.join(phase.dir, "checkpoint"))] == ["epoch-00001"]
+    assert not phase.done
+    FillDiskAfterEpoch.full = False
+    monkeypatch.setattr(callbacks.shutil, "disk_usage", real_disk_usage)  # space freed
+    phase = Phase(str(tmp_path), "teacher", log=lambda line: None)
+    phase.train(_model(), _data(), 3)
+    assert phase.done and os.path.exists(phase.model_path)
+
+
 def test_resume_takes_the_lowered_learning_rate(tmp_path):
     model = _model(learning_rate=0.5)
     model.fit(_data(), epochs=1, verbose=0, callbacks=[CheckpointEachEpoch(str(tmp_path))])

@@ -72,8 +72,34 @@ def stand_in_clip(image_size, seed=0, num_images=2000, epochs=8, path=None):
     return teacher
 
 
+def small_mobilenet(image_size, batch_norm_momentum=0.9):
+    """A small MobileNetV2-style CNN: stem, inverted residual blocks (ReLU6, depthwise 3x3), 1x1 head, pooled.
+
+    Example:
+    >>> small_mobilenet(32).output_shape
+    (None, 128)
+    """
+
+    def normalize(x):
+        return keras.layers.BatchNormalization(momentum=batch_norm_momentum or 0.99)(x)
+
+    inputs = keras.Input((image_size, image_size, 3), name="images")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False)(x)
+    x = keras.layers.ReLU(6.0)(normalize(x))
+    for filters, stride in [(16, 1), (24, 2), (24, 1), (32, 2), (32, 1)]:
+        y = keras.layers.Conv2D(x.shape[-1] * 4, 1, use_bias=False)(x)
+        y = keras.layers.ReLU(6.0)(normalize(y))
+        y = keras.layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False)(y)
+        y = keras.layers.ReLU(6.0)(normalize(y))
+        y = normalize(keras.layers.Conv2D(filters, 1, use_bias=False)(y))
+        x = keras.layers.Add()([x, y]) if stride == 1 and x.shape[-1] == filters else y
+    x = keras.layers.ReLU(6.0)(normalize(keras.layers.Conv2D(128, 1, use_bias=False)(x)))
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x), name="small_mobilenet")
+
+
 def build_backbone(spec, image_size, pretrained=False, batch_norm_momentum=0.9):
-    """A built-in small architecture ('small_vit', 'small_cnn') or `backbones.get(spec)`.
+    """A built-in small architecture ('small_vit', 'small_cnn', 'small_mobilenet') or `backbones.get(spec)`.
 
     `batch_norm_momentum` is set on every BatchNormalization layer (0 keeps a
     named backbone's own, e.g. 0.999 in `keras.applications.MobileNetV2`).
@@ -94,6 +120,8 @@ def build_backbone(spec, image_size, pretrained=False, batch_norm_momentum=0.9):
             mlp_dim=128,
         )
         return backbones.get(vit, image_size=image_size, name="small_vit")
+    if spec == "small_mobilenet":
+        return small_mobilenet(image_size, batch_norm_momentum)
     if spec == "small_cnn":
         inputs = keras.Input((image_size, image_size, 3), name="images")
         x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
@@ -111,7 +139,7 @@ def build_backbone(spec, image_size, pretrained=False, batch_norm_momentum=0.9):
             batch_norm_momentum=batch_norm_momentum or None,
         )
     except ValueError as error:
-        raise ConfigError(f"{error} (or use 'small_vit' / 'small_cnn')") from None
+        raise ConfigError(f"{error} (or use 'small_vit', 'small_cnn' or 'small_mobilenet')") from None
 
 
 def clip_teacher(config, out_dir):

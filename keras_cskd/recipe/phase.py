@@ -21,7 +21,9 @@ import keras
 
 from keras_cskd.callbacks import CheckpointEachEpoch
 from keras_cskd.callbacks import PassesFollowEpochs
+from keras_cskd.callbacks import ensure_free_space
 from keras_cskd.callbacks import non_finite_weights
+from keras_cskd.callbacks import state_bytes
 from keras_cskd.recipe.config import ConfigError
 
 
@@ -133,6 +135,7 @@ def phase_commands():
 def save_atomically(model, path):
     """`model.save(path)` through a temporary file, so `path` is never half written."""
     tmp = path[: -len(".keras")] + ".partial.keras"
+    ensure_free_space(os.path.dirname(os.path.abspath(path)), state_bytes(model), os.path.basename(path))
     model.save(tmp)
     os.replace(tmp, path)
 
