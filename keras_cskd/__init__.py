@@ -7,6 +7,28 @@ Example:
 """
 
 
+def _hide_native_log_lines():
+    """For the `cskd` script only, unless --verbose: native libraries' stderr goes to /dev/null.
+
+    TensorFlow's C++ start-up lines (CUDA probing, oneDNN notes) are written by
+    its native logger straight to file descriptor 2, while it loads and at its
+    first op, whatever TF_CPP_MIN_LOG_LEVEL says. So the script points that
+    descriptor at /dev/null and gives Python a `sys.stderr` on a copy of the
+    real one: the library's lines, warnings and tracebacks still show, native
+    log lines do not. `import keras_cskd` in a user's program changes nothing.
+    """
+    import os
+    import sys
+
+    if os.path.basename(sys.argv[0]) != "cskd" or "--verbose" in sys.argv:
+        return
+    sys.stderr.flush()
+    sys.stderr = os.fdopen(os.dup(2), "w", buffering=1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
 def _check_backend_installed():
     """Name the extra to install when the chosen Keras backend's package is missing."""
     import importlib.util
@@ -28,6 +50,7 @@ def _check_backend_installed():
         )
 
 
+_hide_native_log_lines()
 _check_backend_installed()
 
 from keras_cskd import backbones

@@ -16,13 +16,20 @@ from there. The phase subcommands come from the recipe's phase table
 prints them: user errors (`OSError`, `ValueError`, `RuntimeError`) as one line
 with exit 1, usage errors (`argparse.ArgumentError`) with exit 2; Ctrl-C exits
 130 after the running phase has saved its weights.
+
+The command prints the library's own lines only. `--verbose` (before or after
+the subcommand) also shows native libraries' log lines such as TensorFlow's
+C++ start-up lines (hidden by `keras_cskd/__init__.py` for the `cskd`
+script) and other libraries' Python warnings and log lines below errors.
 """
 
 import argparse
 import csv
+import logging
 import os
 import sys
 import time
+import warnings
 
 # Quiet TensorFlow's C++ start-up logs unless the user asked for them.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -285,15 +292,31 @@ COMMANDS = (
 )
 
 
+# Libraries whose warnings and log lines below errors `cskd` shows only with --verbose.
+_OTHER_LIBRARIES = ("keras", "keras_hub", "keras_cv", "tensorflow", "jax", "jaxlib", "torch", "absl", "h5py")
+_VERBOSE_HELP = "also show other libraries' warnings and log lines (TensorFlow's start-up lines included)"
+
+
+def quiet_other_libraries():
+    """Hide other libraries' Python warnings, and their log records below ERROR."""
+    pattern = "|".join(_OTHER_LIBRARIES)
+    warnings.filterwarnings("ignore", module=rf"({pattern})(\.|$)")
+    for name in _OTHER_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def build_parser():
-    """The `cskd` parser: every function of `COMMANDS` adds its subcommand(s)."""
+    """The `cskd` parser: every function of `COMMANDS` adds its subcommand(s), each takes --verbose."""
     parser = argparse.ArgumentParser(
         prog="cskd",
         description="Train image-aesthetics models the CSKD way (arXiv 2307.15640).",
     )
+    parser.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for register in COMMANDS:
         register(subparsers)
+    for subparser in subparsers.choices.values():
+        subparser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP)
     return parser
 
 
@@ -310,6 +333,8 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 0
+    if not args.verbose:
+        quiet_other_libraries()
     try:
         return args.func(args)
     except argparse.ArgumentError as error:

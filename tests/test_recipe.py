@@ -161,6 +161,19 @@ def test_cli_main_prints_one_line_for_any_subcommand_error(monkeypatch, capsys):
     assert capsys.readouterr().err == "cskd fail: error: give a thing\n"
 
 
+def test_cskd_script_prints_only_its_own_lines_unless_verbose(tmp_path):
+    """The installed `cskd` script: no native start-up lines on stderr, the error in one line."""
+    script = os.path.join(os.path.dirname(sys.executable), "cskd")
+    missing = str(tmp_path / "missing.keras")
+    done = subprocess.run([script, "predict", missing, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr == f"cskd predict: error: model not found: {missing}\n"
+    verbose = subprocess.run(
+        [script, "predict", missing, str(tmp_path), "--verbose"], capture_output=True, text=True, timeout=300
+    )
+    assert verbose.returncode == 1 and verbose.stderr.endswith(f"cskd predict: error: model not found: {missing}\n")
+
+
 def test_distribute_flag_goes_through_the_distribution_strategy(tmp_path):
     # In a subprocess: the strategy sets process-wide state (JAX's distribution, TF's strategy).
     config = tmp_path / "tiny.toml"
