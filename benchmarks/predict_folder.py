@@ -66,7 +66,18 @@ def save_model(path, image_size):
 
 
 def predict_command(model, inputs, out_csv, batch_size, resume=False):
-    command = [sys.executable, "-c", _CHILD, "predict", model, inputs, "--csv", out_csv, "--batch-size", str(batch_size)]
+    command = [
+        sys.executable,
+        "-c",
+        _CHILD,
+        "predict",
+        model,
+        inputs,
+        "--csv",
+        out_csv,
+        "--batch-size",
+        str(batch_size),
+    ]
     return command + (["--resume"] if resume else [])
 
 
