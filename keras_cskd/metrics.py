@@ -54,6 +54,14 @@ def _average_ranks(values, valid):
     return (ops.cast(below + up_to, values.dtype) + 1.0) / 2.0
 
 
+def _average_ranks_by_comparison(values, valid):
+    """`_average_ranks` for a short vector: every pair compared, no sort (a few fused ops on any backend)."""
+    weights = ops.cast(valid, values.dtype)[None, :]
+    below = ops.sum(ops.cast(values[None, :] < values[:, None], values.dtype) * weights, axis=1)
+    equal = ops.sum(ops.cast(values[None, :] == values[:, None], values.dtype) * weights, axis=1)
+    return below + (equal + 1.0) / 2.0
+
+
 def _spearman_numpy(true, pred):
     """Spearman correlation in float64 (scipy's average ranks); 0 when undefined."""
     if len(true) < 2:
@@ -349,8 +357,8 @@ class SRCC(SampleBufferMetric):
         start = ops.maximum(count - window, 0)
         slots = start + ops.arange(window, dtype="int32")
         valid = slots < count
-        true_ranks = _average_ranks(ops.take(self.true_scores, slots), valid)
-        pred_ranks = _average_ranks(ops.take(self.pred_scores, slots), valid)
+        true_ranks = _average_ranks_by_comparison(ops.take(self.true_scores, slots), valid)
+        pred_ranks = _average_ranks_by_comparison(ops.take(self.pred_scores, slots), valid)
         return _pearson(true_ranks, pred_ranks, ops.cast(valid, "float32"))
 
     def get_config(self):
