@@ -140,21 +140,6 @@ INSTALL_S=$((SECONDS - INSTALL_START))
 
 # === Run: one runner per process, each under its own limit ===
 
-# Keras's global dtype policy for the keras-cskd runners: throughput.py has no
-# precision flag, so a sitecustomize module on PYTHONPATH sets it in every
-# worker process before the models are built.
-SITE="$OUT/site"
-mkdir -p "$SITE"
-cat > "$SITE/sitecustomize.py" << 'EOF'
-import os
-
-_policy = os.environ.get("CSKD_DTYPE_POLICY")
-if _policy and os.environ.get("KERAS_BACKEND"):
-    import keras
-
-    keras.config.set_dtype_policy(_policy)
-EOF
-
 # Seconds per runner: XLA compiles take longest, the peer is eager.
 declare -A WEIGHT=([tensorflow]=20 [tensorflow-xla]=26 [jax]=24 [torch]=18 [peer]=12)
 TOTAL_WEIGHT=0
@@ -180,9 +165,11 @@ for runner in "${RUNNER_LIST[@]}"; do
   policy="$POLICY"
   [[ $runner == peer ]] && policy=""
   say "$runner: up to $limit s (dtype policy: ${policy:-float32})"
-  cmd=(env PYTHONPATH="$SITE" CSKD_DTYPE_POLICY="$policy" TF_FORCE_GPU_ALLOW_GROWTH=true TF_CPP_MIN_LOG_LEVEL=3
+  precision=()
+  [[ -n $policy ]] && precision=(--mixed-precision "$policy")
+  cmd=(env TF_FORCE_GPU_ALLOW_GROWTH=true TF_CPP_MIN_LOG_LEVEL=3
     timeout --kill-after=10 "$limit" "$VENVS/$name/bin/python" "$REPO/benchmarks/throughput.py"
-    --sizes paper --runners "$runner" --phases "$PHASES" "${TIMING[@]}"
+    --sizes paper --runners "$runner" --phases "$PHASES" "${TIMING[@]}" "${precision[@]}"
     --json "$OUT/$runner.json" --markdown "$OUT/$runner.md")
   if [[ $DRY_RUN == 1 ]]; then
     run "${cmd[@]}"

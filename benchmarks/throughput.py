@@ -292,9 +292,13 @@ def worker(args):
         steps = torch_cskd.steps(config, compile_models=args.peer_compile)
         info = {"runner": "peer-torch" + ("-compile" if args.peer_compile else ""), "threads": torch.get_num_threads()}
     else:
+        import keras
+
         backend, jit = RUNNERS[args.worker]
+        if args.mixed_precision:
+            keras.config.set_dtype_policy(args.mixed_precision)
         steps = keras_steps(config, jit)
-        info = {"runner": args.worker, "backend": backend}
+        info = {"runner": args.worker, "backend": backend, "dtype_policy": keras.config.dtype_policy().name}
     phases = {}
     for name in args.phases.split(","):
         if name not in steps:
@@ -559,6 +563,12 @@ def main(argv=None):
     parser.add_argument(
         "--flops", action="store_true", help="count FLOPs (jax, XLA cost analysis); on by default for --sizes ratio"
     )
+    parser.add_argument(
+        "--mixed-precision",
+        default="",
+        choices=["", "mixed_bfloat16", "mixed_float16"],
+        help="Keras dtype policy of the keras-cskd runners (the peer stays float32); default float32",
+    )
     parser.add_argument("--json", default=None)
     parser.add_argument("--markdown", default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -595,6 +605,7 @@ def main(argv=None):
             str(args.file_size),
         ]
         + (["--peer-compile"] if args.peer_compile else [])
+        + (["--mixed-precision", args.mixed_precision] if args.mixed_precision else [])
         + ([] if args.threads is None else ["--threads", str(args.threads)])
     )
     results = {
