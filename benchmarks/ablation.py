@@ -64,6 +64,7 @@ from keras_cskd.data import synthetic
 from keras_cskd.models import AestheticScorer
 from keras_cskd.models import CLIPFeatureAligner
 from keras_cskd.models import SemiSupervisedDistiller
+from keras_cskd.recipe import build_backbone
 from keras_cskd.recipe import stand_in_clip
 from keras_cskd.report import paired_difference
 
@@ -89,27 +90,9 @@ def make_clip(args):
     return clip, {"linear_probe_srcc_300_labels": round(probe, 3)}
 
 
-def _batch_norm():
-    # momentum 0.9, not Keras's 0.99: ~160 training steps leave 0.99's moving statistics stale,
-    # and the student's test SRCC then swung by +-0.3 with the initial weights alone.
-    return keras.layers.BatchNormalization(momentum=0.9)
-
-
 def student_backbone(s):
-    """A small MobileNetV2-style CNN: stem, inverted residual blocks, 1x1 head, pooled."""
-    inputs = keras.Input((s, s, 3))
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
-    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False)(x)
-    x = keras.layers.ReLU(6.0)(_batch_norm()(x))
-    for filters, stride in [(16, 1), (24, 2), (24, 1), (32, 2), (32, 1)]:
-        y = keras.layers.Conv2D(x.shape[-1] * 4, 1, use_bias=False)(x)
-        y = keras.layers.ReLU(6.0)(_batch_norm()(y))
-        y = keras.layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False)(y)
-        y = keras.layers.ReLU(6.0)(_batch_norm()(y))
-        y = _batch_norm()(keras.layers.Conv2D(filters, 1, use_bias=False)(y))
-        x = keras.layers.Add()([x, y]) if stride == 1 and x.shape[-1] == filters else y
-    x = keras.layers.ReLU(6.0)(_batch_norm()(keras.layers.Conv2D(128, 1, use_bias=False)(x)))
-    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x), name="student_backbone")
+    """The recipe's small MobileNetV2-style CNN (`small_mobilenet`, BatchNorm momentum 0.9)."""
+    return build_backbone("small_mobilenet", s)
 
 
 def teacher_backbone(s):
@@ -387,7 +370,8 @@ def seed_list(text):
     return list(range(int(text)))
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """The script's options; `parse_args([])` gives its defaults."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--seeds",
@@ -427,7 +411,11 @@ def main(argv=None):
     parser.add_argument("--json", default=None)
     parser.add_argument("--markdown", default=None)
     parser.add_argument("--plot", default=None)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
 
     start = time.perf_counter()
     workdir = tempfile.mkdtemp(prefix="cskd_ablation_")
