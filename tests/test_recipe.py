@@ -27,6 +27,7 @@ def tiny_config(**train):
     config.model.stand_in_clip_epochs = 1
     config.data.batch_size = 8
     config.model.projection_hidden_dim = 16
+    config.model.student_backbone = "small_cnn"  # cheaper to compile than the default small_mobilenet
     config.train.align_epochs = 1
     config.train.teacher_epochs = 1
     config.train.distill_epochs = 1

@@ -33,7 +33,7 @@ class DataConfig:
     synthetic_test_fraction: float = _field(0.5, "of the synthetic world's labeled images, the test split")
     image_size: int = _field(32, "training and evaluation image size (pixels)")
     batch_size: int = _field(32, "labeled (and alignment) batch size")
-    unlabeled_ratio: float = _field(1.0, "unlabeled images per labeled image in a distillation batch")
+    unlabeled_ratio: float = _field(2.0, "unlabeled images per labeled image in a distillation batch")
 
 
 @dataclasses.dataclass
@@ -45,9 +45,10 @@ class ModelConfig:
     stand_in_clip_images: int = _field(2000, "scenes the synthetic world's stand-in CLIP learns caption words from")
     stand_in_clip_epochs: int = _field(8, "training epochs of the stand-in CLIP")
     teacher_backbone: str = _field(
-        "small_vit", "teacher: 'small_vit', 'small_cnn', a keras.applications name or a KerasHub preset"
+        "small_vit",
+        "teacher: 'small_vit', 'small_cnn', 'small_mobilenet', a keras.applications name or a KerasHub preset",
     )
-    student_backbone: str = _field("small_cnn", "student: same choices as teacher_backbone")
+    student_backbone: str = _field("small_mobilenet", "student: same choices as teacher_backbone")
     pretrained: bool = _field(False, "load pretrained weights for hub / keras.applications backbones (needs the hub)")
     projection_hidden_dim: int = _field(128, "hidden width of each alignment projector")
     num_bins: int = _field(10, "score bins (10 for AVA's 1..10 votes)")
