@@ -213,8 +213,13 @@ def _distill(run, phase, aligner, teacher):
 def predict_split(model, config, datasets, split="test"):
     """(true distributions, predicted distributions) over a split, in step."""
     true, pred = [], []
+    batch_size = config.data.batch_size
     for images, distributions in _labeled(config, datasets, split, False):
-        pred.append(np.asarray(model.predict_on_batch(images.numpy())))
+        images = images.numpy()
+        count = len(images)
+        if count < batch_size:  # pad the last batch: one traced shape, no retracing (inference mode, rows independent)
+            images = np.concatenate([images, np.repeat(images[-1:], batch_size - count, axis=0)])
+        pred.append(np.asarray(model.predict_on_batch(images))[:count])
         true.append(distributions.numpy())
     if not true:
         raise ConfigError(f"the {split!r} split produced no images")
