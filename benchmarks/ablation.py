@@ -408,6 +408,11 @@ def parse_args(argv=None):
         default=None,
         help="instead of the arms: the CSKD student for these unlabeled pool sizes, e.g. 300,900,2400",
     )
+    parser.add_argument(
+        "--add-to",
+        default=None,
+        help="with --pool-sizes: a JSON this script wrote; its curves are kept and the seeds it lacks are added",
+    )
     parser.add_argument("--json", default=None)
     parser.add_argument("--markdown", default=None)
     parser.add_argument("--plot", default=None)
@@ -422,9 +427,16 @@ def main(argv=None):
     clip, clip_info = make_clip(args)
     print(f"CLIP stand-in trained: {clip_info} ({time.perf_counter() - start:.0f}s)", flush=True)
     if args.pool_sizes:
-        curves = [run_pool_curve(seed, clip, args, workdir, args.pool_sizes) for seed in args.seeds]
-        for curve in curves:
-            print(json.dumps(curve), flush=True)
+        curves = []
+        if args.add_to:
+            with open(args.add_to) as file:
+                curves = json.load(file)["curves"]
+        done = {curve["seed"] for curve in curves}
+        for seed in args.seeds:
+            if seed not in done:
+                curves.append(run_pool_curve(seed, clip, args, workdir, args.pool_sizes))
+                print(json.dumps(curves[-1]), flush=True)
+        args.seeds = [curve["seed"] for curve in curves]
         write_results(args, clip_info, start, curves=curves)
         if args.plot:
             plot_pool_curve(curves, args.plot)
