@@ -15,6 +15,7 @@ For the ablation's worlds, stand-in CLIP, teacher and student
   features fine-tuning keeps.
 
     python benchmarks/alignment_diagnostics.py --seeds 0,1,2 --json out.json
+    python benchmarks/alignment_diagnostics.py --clip-images 6000   # other options go to ablation.py's
 """
 
 import argparse
@@ -107,9 +108,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=ablation.seed_list, default=ablation.seed_list("0,1,2"))
     parser.add_argument("--json", default=None)
-    options = parser.parse_args()
-    # The ablation's defaults.
-    args = ablation.parse_args([])
+    options, rest = parser.parse_known_args()
+    args = ablation.parse_args(rest)  # the ablation's defaults, or the options given
     workdir = tempfile.mkdtemp(prefix="cskd_alignment_")
     clip, clip_info = ablation.make_clip(args)
     rows = []
