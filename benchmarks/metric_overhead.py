@@ -7,7 +7,9 @@ fastest). A callback times every step; the report gives, per backend, the
 median step time of each run, the overhead of the metrics, and
 the metrics run's median step time over its first and last 500 steps (the
 cost must not grow with the samples seen: 8,000 steps of 32 is 256,000
-samples, AVA's size).
+samples, AVA's size). On torch, whose steps run eagerly, it also times the
+metrics' own calls alone (`metrics_alone_ms`), since the eager step varies
+more than they cost.
 
     python benchmarks/metric_overhead.py [--backends tensorflow jax torch] [--steps 8000]
 
@@ -22,6 +24,33 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _metrics_alone(batch_size, calls=2000):
+    """Median ms of one step's SRCC + PLCC work (update, then the step-log read), called eagerly."""
+    import keras
+    import numpy as np
+
+    from keras_cskd import metrics
+
+    rng = np.random.default_rng(0)
+    y_true = keras.ops.convert_to_tensor(rng.dirichlet(np.ones(10), batch_size).astype("float32"))
+    y_pred = keras.ops.convert_to_tensor(rng.dirichlet(np.ones(10), batch_size).astype("float32"))
+    chosen = [metrics.SRCC(), metrics.PLCC()]
+
+    class Step(keras.Model):
+        def compute_metrics(self):  # read the way Keras's train / test step reads them
+            for metric in chosen:
+                metric.update_state(y_true, y_pred)
+            return [metric.result() for metric in chosen]
+
+    step = Step()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        step.compute_metrics()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times[50:]) * 1000.0)
 
 
 def _measure(steps, batch_size, image_size, rounds):
@@ -69,6 +98,8 @@ def _measure(steps, batch_size, image_size, rounds):
                 results[label] = measured
             else:
                 results[label]["round_medians_ms"] = measured["round_medians_ms"]
+    if keras.backend.backend() == "torch":  # eager: the metrics' own calls can be timed alone
+        results["metrics_alone_ms"] = _metrics_alone(batch_size)
     base, with_metrics = results["loss only"]["median_ms"], results["srcc+plcc"]["median_ms"]
     results["overhead_percent"] = 100.0 * (with_metrics - base) / base
     return results
