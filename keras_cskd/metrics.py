@@ -199,17 +199,17 @@ class SampleBufferMetric(keras.metrics.Metric):
         self._replica_gather = gather
 
     def _samples(self, y_true, y_pred, sample_weight):
-        """(true, pred, keep): the mean scores of the batch, over every replica; keep is bool."""
+        """(true, pred, keep): the batch's mean scores over every replica; keep is bool, or None for all."""
         true = ops.cast(mean_score(y_true, self.bin_values), "float32")
         pred = ops.cast(mean_score(y_pred, self.bin_values), "float32")
+        keep = None  # every sample counts: the common case takes fewer ops
         if sample_weight is not None:
-            keep = ops.cast(ops.reshape(ops.cast(sample_weight, "float32"), (-1,)) > 0, "float32")
-        else:
-            keep = ops.ones_like(pred)
+            keep = ops.reshape(ops.cast(sample_weight, "float32"), (-1,)) > 0
         if self._replica_gather is not None:  # One gather of (true, pred, keep) rows.
+            keep = ops.ones_like(pred) if keep is None else ops.cast(keep, "float32")
             rows = self._replica_gather(ops.stack([true, pred, keep], axis=1))
-            true, pred, keep = rows[:, 0], rows[:, 1], rows[:, 2]
-        return true, pred, keep > 0
+            true, pred, keep = rows[:, 0], rows[:, 1], rows[:, 2] > 0
+        return true, pred, keep
 
     def reset_state(self):
         for variable in self.variables:
@@ -254,27 +254,36 @@ class PLCC(SampleBufferMetric):
 
     def _update(self, y_true, y_pred, sample_weight=None):
         true, pred, keep = self._samples(y_true, y_pred, sample_weight)
-        weights = ops.cast(keep, "float32")
-        n_b = ops.sum(weights)
+        if keep is None:
+            n_b = ops.cast(ops.shape(true)[0], "float32")
+
+            def total(x):
+                return ops.sum(x)
+        else:
+            weights = ops.cast(keep, "float32")
+            n_b = ops.sum(weights)
+
+            def total(x):
+                return ops.sum(weights * x)
+
         safe_b = ops.maximum(n_b, 1.0)
-        mean_true_b = ops.sum(weights * true) / safe_b
-        mean_pred_b = ops.sum(weights * pred) / safe_b
+        mean_true_b = total(true) / safe_b
+        mean_pred_b = total(pred) / safe_b
         true_c, pred_c = true - mean_true_b, pred - mean_pred_b
         n_a = ops.cast(self.count, "float32")
-        n = n_a + n_b
         old = ops.convert_to_tensor(self.moments)
         delta_true = mean_true_b - old[0]
         delta_pred = mean_pred_b - old[1]
-        share = n_b / ops.maximum(n, 1.0)
+        share = n_b / ops.maximum(n_a + n_b, 1.0)
         cross = n_a * share  # n_a * n_b / n
         self.moments.assign(
             ops.stack(
                 [
                     old[0] + delta_true * share,
                     old[1] + delta_pred * share,
-                    old[2] + ops.sum(weights * ops.square(true_c)) + ops.square(delta_true) * cross,
-                    old[3] + ops.sum(weights * ops.square(pred_c)) + ops.square(delta_pred) * cross,
-                    old[4] + ops.sum(weights * true_c * pred_c) + delta_true * delta_pred * cross,
+                    old[2] + total(true_c * true_c) + delta_true * delta_true * cross,
+                    old[3] + total(pred_c * pred_c) + delta_pred * delta_pred * cross,
+                    old[4] + total(true_c * pred_c) + delta_true * delta_pred * cross,
                 ]
             )
         )
@@ -337,13 +346,19 @@ class SRCC(SampleBufferMetric):
 
     def _update(self, y_true, y_pred, sample_weight=None):
         true, pred, keep = self._samples(y_true, y_pred, sample_weight)
-        slots = self.count + ops.cumsum(ops.cast(keep, "int32")) - 1
-        fits = ops.logical_and(keep, slots < self.max_samples)
-        slots = ops.where(fits, slots, ops.full_like(slots, self.max_samples))
+        if keep is None:  # slots count, count + 1, ...; past the capacity, the spare slot
+            kept = true.shape[0] if true.shape[0] is not None else ops.shape(true)[0]  # static where known
+            slots = ops.minimum(self.count + ops.arange(kept, dtype="int32"), self.max_samples)
+            kept = ops.cast(kept, "int32")
+            written = ops.minimum(ops.maximum(self.max_samples - self.count, 0), kept)
+        else:
+            slots = self.count + ops.cumsum(ops.cast(keep, "int32")) - 1
+            fits = ops.logical_and(keep, slots < self.max_samples)
+            slots = ops.where(fits, slots, ops.full_like(slots, self.max_samples))
+            kept = ops.sum(ops.cast(keep, "int32"))
+            written = ops.sum(ops.cast(fits, "int32"))
         _write_slots(self.true_scores, slots, true)
         _write_slots(self.pred_scores, slots, pred)
-        kept = ops.sum(ops.cast(keep, "int32"))
-        written = ops.sum(ops.cast(fits, "int32"))
         self.count.assign(self.count + written)
         self.dropped.assign(self.dropped + kept - written)
 
@@ -357,6 +372,8 @@ class SRCC(SampleBufferMetric):
     def result(self):
         count = ops.convert_to_tensor(self.count)
         if _in_step_logs():
+            if not _is_traced(count):  # an eager step (torch): a few numpy calls beat a dozen tensor ops
+                return ops.convert_to_tensor(self._preview_numpy(int(ops.convert_to_numpy(count))), self.dtype)
             preview = _fused(self, "preview", lambda: self._preview(ops.convert_to_tensor(self.count)))
             return ops.cast(preview(), self.dtype)
         if _is_traced(count):
@@ -371,6 +388,12 @@ class SRCC(SampleBufferMetric):
         true = ops.convert_to_numpy(self.true_scores)[:count].astype("float64")
         pred = ops.convert_to_numpy(self.pred_scores)[:count].astype("float64")
         return ops.convert_to_tensor(_spearman_numpy(true, pred), dtype=self.dtype)
+
+    def _preview_numpy(self, count):
+        start = max(count - min(PREVIEW_SAMPLES, self.max_samples), 0)
+        true = ops.convert_to_numpy(self.true_scores[start:count]).astype("float64")
+        pred = ops.convert_to_numpy(self.pred_scores[start:count]).astype("float64")
+        return _spearman_numpy(true, pred)
 
     def _preview(self, count):
         window = min(PREVIEW_SAMPLES, self.max_samples)
