@@ -31,10 +31,6 @@ import sys
 import time
 import warnings
 
-# Quiet TensorFlow's C++ start-up logs unless the user asked for them.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
 # === Handlers: args -> exit code ===
 
 
@@ -68,17 +64,18 @@ def _config(args):
     return 0
 
 
-def _scored_paths(csv_path):
-    """Paths already in a predictions CSV; a row cut off by a killed run is dropped from the file."""
+def _scored_csv(csv_path):
+    """(header, paths) of a predictions CSV, (None, empty) if absent; a row cut off by a killed run is dropped."""
     if not os.path.exists(csv_path):
-        return set()
+        return None, set()
     with open(csv_path, "rb+") as file:
         content = file.read()
         complete = content.rfind(b"\n") + 1
         if complete < len(content):  # the last row was being written when the run stopped
             file.truncate(complete)
     with open(csv_path, newline="") as file:
-        return {row[0] for row in list(csv.reader(file))[1:] if row}
+        rows = list(csv.reader(file))
+    return (rows[0] if rows else None), {row[0] for row in rows[1:] if row}
 
 
 def _predict(args):
@@ -103,11 +100,10 @@ def _predict(args):
     values = np.arange(1, model.output_shape[-1] + 1, dtype="float32")
     values = np.asarray(getattr(model, "bin_values", None) or values, dtype="float32")
     header = ["path", "mean_score"] + [f"p{i + 1}" for i in range(len(values))]
-    done = _scored_paths(args.csv) if args.resume else set()
+    found, done = _scored_csv(args.csv) if args.resume else (None, set())
     if done:
-        with open(args.csv, newline="") as file:
-            if next(csv.reader(file), None) != header:
-                raise ValueError(f"--resume: {args.csv} is not a predictions CSV of this model ({len(values)} bins)")
+        if found != header:
+            raise ValueError(f"--resume: {args.csv} is not a predictions CSV of this model ({len(values)} bins)")
         files = [path for path in files if path not in done]
         print(f"Resuming: {len(done)} image(s) already in {args.csv}, {len(files)} to score")
         if not files:
