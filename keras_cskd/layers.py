@@ -1,6 +1,7 @@
 """Layers of CSKD: pixel normalization, the MLP projector and the score heads."""
 
 import keras
+import numpy as np
 from keras import layers
 from keras import ops
 
@@ -14,11 +15,13 @@ def bin_values_for(num_bins, bin_values=None):
     return [float(v) for v in bin_values]
 
 
-def mean_score(distribution, bin_values=None):
-    """Expected score of (batch, bins) distributions over `bin_values` (1..N).
+def mean_score(distribution, bin_values=None, offset=0.0):
+    """Expected score of (batch, bins) distributions over `bin_values` (1..N), minus `offset`.
 
-    Accepts (batch,) or (batch, 1) scores too and returns them unchanged, so
-    metrics work on either distributions or mean scores.
+    Accepts (batch,) or (batch, 1) scores too and returns them (minus
+    `offset`), so metrics work on either distributions or mean scores. With an
+    `offset` near the scores, the bin values are shifted before the sum, so
+    scores that differ by little keep their differences' digits in float32.
 
     Example:
     >>> float(mean_score([[0.5, 0.0, 0.5]])[0])
@@ -27,19 +30,31 @@ def mean_score(distribution, bin_values=None):
     distribution = ops.convert_to_tensor(distribution)
     if not keras.backend.is_float_dtype(distribution.dtype):
         distribution = ops.cast(distribution, "float32")
-    if len(distribution.shape) == 1:
-        return distribution
-    if len(distribution.shape) != 2:
+    weights = score_weights(distribution.shape, bin_values, offset)
+    if weights is None:
+        return (distribution if len(distribution.shape) == 1 else distribution[:, 0]) - offset
+    sums = distribution @ ops.convert_to_tensor(weights, distribution.dtype)
+    return sums[:, 0] / ops.maximum(sums[:, 1], 1e-12)
+
+
+def score_weights(shape, bin_values=None, offset=0.0):
+    """(bins, 2) float32 array: each bin's score minus `offset`, and 1; None when `shape` holds scores.
+
+    A distribution times it gives each row's score sum and mass in one matmul
+    (`mean_score`); (batch,) and (batch, 1) shapes are scores already.
+
+    Example:
+    >>> score_weights((4, 3)).tolist()
+    [[1.0, 1.0], [2.0, 1.0], [3.0, 1.0]]
+    """
+    if len(shape) == 1 or (len(shape) == 2 and shape[-1] == 1):
+        return None
+    if len(shape) != 2:
         raise ValueError(
-            "Expected score distributions of shape (batch, bins) or scores of "
-            f"shape (batch,), got shape {distribution.shape}."
+            f"Expected score distributions of shape (batch, bins) or scores of shape (batch,), got shape {shape}."
         )
-    num_bins = distribution.shape[-1]
-    if num_bins == 1:
-        return distribution[:, 0]
-    values = ops.convert_to_tensor(bin_values_for(num_bins, bin_values), distribution.dtype)
-    total = ops.maximum(ops.sum(distribution, axis=-1), 1e-12)
-    return ops.sum(distribution * values, axis=-1) / total
+    values = np.asarray(bin_values_for(shape[-1], bin_values), "float64") - offset
+    return np.stack([values, np.ones_like(values)], axis=1).astype("float32")
 
 
 @keras.saving.register_keras_serializable(package="keras_cskd")

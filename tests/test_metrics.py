@@ -76,6 +76,24 @@ def test_plcc_moments_stay_exact_over_many_small_batches():
     np.testing.assert_allclose(float(plcc.result()), stats.pearsonr(true, pred)[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["SRCC", "PLCC"])
+def test_eager_host_update_equals_the_tensor_update(name):
+    """torch's eager CPU steps update in numpy; the state equals the `keras.ops` update's."""
+    true = RNG.dirichlet(np.ones(10), 40).astype("float32")
+    pred = RNG.dirichlet(np.ones(10), 40).astype("float32")
+    weights = (RNG.random(40) > 0.3).astype("float32")
+    host, tensor = getattr(metrics, name)(max_samples=24), getattr(metrics, name)(max_samples=24)
+    for start in range(0, 40, 16):
+        rows = slice(start, start + 16)
+        host.update_state(true[rows], pred[rows], weights[rows])
+        tensor._update(*(keras.ops.convert_to_tensor(a[rows]) for a in (true, pred, weights)))
+    for kept, reference in zip(host.variables, tensor.variables):
+        used = slice(0, 24) if kept.shape == (25,) else ...  # SRCC's spare slot 24 is never read
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(kept)[used], keras.ops.convert_to_numpy(reference)[used], atol=1e-5
+        )
+
+
 def test_step_logs_preview_and_epoch_logs_are_exact(monkeypatch):
     """Per-batch logs show the latest samples' SRCC; History and evaluate the exact one."""
     monkeypatch.setattr(metrics, "PREVIEW_SAMPLES", 8)
