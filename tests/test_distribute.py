@@ -449,8 +449,23 @@ def test_sharded_pipelines_decode_exactly_the_slices_of_the_global_batches(tmp_p
         clock.pin(number)
         return [tf.nest.flatten(b) for b in make(clock, shard).as_numpy_iterator()]
 
+    import keras
+
+    from keras_cskd.data import FrozenOutputCache
+
+    frozen = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
+    cache = FrozenOutputCache(frozen, tmp_path / "cache", image_size=8, views=2, shard_size=4)
+
+    def cached(clock, shard):  # cached views and outputs, chosen per step
+        return cache.dataset(world.unlabeled_dir, batch_size=2, passes=clock, shard=shard)
+
+    def cached_semi(clock, shard):
+        return cache.semi_supervised_dataset(
+            records, world.unlabeled_dir, batch_size=4, unlabeled_ratio=1.5, passes=clock, shard=shard
+        )
+
     # Pass 1 of a fresh clock: what a run resumed at epoch 1 reads.
-    for make, number in ((semi, 1), (unlabeled, 0)):
+    for make, number in ((semi, 1), (unlabeled, 0), (cached, 1), (cached_semi, 0)):
         reference = read(make, None, number)
         for index in range(2):
             got = read(make, (index, 2), number)

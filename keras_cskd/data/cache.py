@@ -72,7 +72,9 @@ from keras_cskd.data.pipelines import as_sources
 from keras_cskd.data.pipelines import clip_view
 from keras_cskd.data.pipelines import crop_resize
 from keras_cskd.data.pipelines import finish
+from keras_cskd.data.pipelines import process_batch_size
 from keras_cskd.data.pipelines import semi_supervised_batches
+from keras_cskd.data.pipelines import unlabeled_batch_size
 from keras_cskd.data.pipelines import unlabeled_elements
 from keras_cskd.keys import PSEUDO_LABELS
 from keras_cskd.keys import UNLABELED_IMAGES
@@ -431,6 +433,7 @@ class FrozenOutputCache:
         repeat=False,
         compute=True,
         skipped=None,
+        shard=None,
     ):
         """Batches `(images, cached_outputs)` for `fit`, computing missing shards first.
 
@@ -442,13 +445,25 @@ class FrozenOutputCache:
         keeps the sorted file order and every image (view 0).
         Images have the cache's look; outputs are float32 as the model returned them.
         `skipped`: the `SkipCounter` of files unreadable now (default `self.skipped`).
+        `shard`: `(index, count)`, e.g. `strategy.shard` (training only): this
+        process reads and decodes only its rows of each global batch of
+        `batch_size`, as `keras_cskd.data.labeled_dataset` does.
         """
         clock = pass_clock(passes, seed)
-        ds = self._elements(sources, clock, skipped, training=training, repeat=repeat, compute=compute)
-        ds = ds.batch(batch_size, drop_remainder=training).map(lambda e: (e["image"], e["output"]))
-        return finish(ds, clock)
+        ds = self._elements(
+            sources,
+            clock,
+            skipped,
+            training=training,
+            repeat=repeat,
+            compute=compute,
+            shard=shard,
+            batch_size=batch_size,
+        )
+        ds = ds.batch(process_batch_size(batch_size, shard), drop_remainder=training)
+        return finish(ds.map(lambda e: (e["image"], e["output"])), clock, shard)
 
-    def _elements(self, sources, clock, skipped, *, training, repeat, compute):
+    def _elements(self, sources, clock, skipped, *, training, repeat, compute, shard=None, batch_size=None):
         """The unlabeled pipeline's elements over the cached files, each with its `"output"` for its view."""
         cached = self.load(sources, compute=compute)
         if not len(cached):
@@ -478,6 +493,8 @@ class FrozenOutputCache:
             counter=self.skipped if skipped is None else skipped,
             training=training,
             repeat=repeat,
+            shard=shard,
+            batch_size=batch_size,
         )
 
     def semi_supervised_dataset(
@@ -492,6 +509,7 @@ class FrozenOutputCache:
         seed=None,
         compute=True,
         skipped=None,
+        shard=None,
     ):
         """`({LABELED_IMAGES, UNLABELED_IMAGES, PSEUDO_LABELS}, distributions)` for `SemiSupervisedDistiller`.
 
@@ -499,11 +517,20 @@ class FrozenOutputCache:
         unlabeled side is `self.dataset(unlabeled, training=True, repeat=True)`:
         the cached teacher outputs come as pseudo-labels, so the distiller
         needs no teacher. Both sides follow one `PassClock` (`passes`, or a
-        new `PassClock(seed)`).
+        new `PassClock(seed)`). `shard`: as in `dataset`, for both sides.
         """
         clock = pass_clock(passes, seed)
         counter = self.skipped if skipped is None else skipped
-        images = self._elements(unlabeled, clock, counter, training=True, repeat=True, compute=compute)
+        images = self._elements(
+            unlabeled,
+            clock,
+            counter,
+            training=True,
+            repeat=True,
+            compute=compute,
+            shard=shard,
+            batch_size=unlabeled_batch_size(batch_size, unlabeled_ratio),
+        )
         images = images.map(lambda e: {UNLABELED_IMAGES: e["image"], PSEUDO_LABELS: e["output"]})
         ds = semi_supervised_batches(
             records,
@@ -514,5 +541,6 @@ class FrozenOutputCache:
             unlabeled_ratio=unlabeled_ratio,
             clock=clock,
             counter=counter,
+            shard=shard,
         )
-        return finish(ds, clock)
+        return finish(ds, clock, shard)
