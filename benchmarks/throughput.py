@@ -282,8 +282,13 @@ def keras_steps(config, jit):
     return result
 
 
+def sizes(args):
+    """The models and batch of `--sizes`, with `--batch-size` if given."""
+    return dict(SIZES[args.sizes], **({"batch_size": args.batch_size} if args.batch_size else {}))
+
+
 def worker(args):
-    config = SIZES[args.sizes]
+    config = sizes(args)
     if args.worker == "peer":
         import torch
 
@@ -368,7 +373,7 @@ def cache_worker(args):
     from keras_cskd.models import CLIPFeatureAligner
     from keras_cskd.models import SemiSupervisedDistiller
 
-    config = SIZES[args.sizes]
+    config = sizes(args)
     s, b, bins = config["image_size"], config["batch_size"], config["num_bins"]
     tmp = tempfile.mkdtemp(prefix="cskd_throughput_")
     world = synthetic.make_world(
@@ -541,6 +546,7 @@ def markdown(results):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", choices=sorted(SIZES), default="cpu")
+    parser.add_argument("--batch-size", type=int, default=None, help="instead of the batch size of --sizes")
     parser.add_argument("--runners", default="tensorflow,tensorflow-xla,jax,torch,peer")
     parser.add_argument("--phases", default=",".join(DEFAULT_PHASES), help=f"any of {','.join(PHASES)}")
     parser.add_argument("--warmup", type=int, default=2)
@@ -604,13 +610,14 @@ def main(argv=None):
             "--file-size",
             str(args.file_size),
         ]
+        + ([] if args.batch_size is None else ["--batch-size", str(args.batch_size)])
         + (["--peer-compile"] if args.peer_compile else [])
         + (["--mixed-precision", args.mixed_precision] if args.mixed_precision else [])
         + ([] if args.threads is None else ["--threads", str(args.threads)])
     )
     results = {
         "sizes": args.sizes,
-        "config": SIZES[args.sizes],
+        "config": sizes(args),
         "cores": os.cpu_count(),
         "threads": args.threads,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
