@@ -106,7 +106,7 @@ def _host_views(*values):
     Run eagerly, each `keras.ops` call costs torch 10-15 us of dispatch, most
     of a metric's update; numpy does the same arithmetic in about 1 us per
     call. None (the caller uses `keras.ops`) on other backends, on another
-    device, inside `torch.compile` and in a stateless scope.
+    device, for bfloat16 tensors, inside `torch.compile` and in a stateless scope.
     """
     if keras.backend.backend() != "torch":
         return None
@@ -119,7 +119,7 @@ def _host_views(*values):
     for value in values:
         if value is None or not torch.is_tensor(value):
             views.append(value if value is None else np.asarray(value))
-        elif value.device.type != "cpu":
+        elif value.device.type != "cpu" or value.dtype == torch.bfloat16:  # numpy has no bfloat16
             return None
         else:
             views.append(value.detach().numpy())

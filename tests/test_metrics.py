@@ -94,6 +94,16 @@ def test_eager_host_update_equals_the_tensor_update(name):
         )
 
 
+def test_bfloat16_scores_are_accepted():
+    """Mixed precision: numpy has no bfloat16, so torch's eager CPU path hands them to `keras.ops`."""
+    scores = keras.ops.cast(RNG.dirichlet(np.ones(10), 16).astype("float32"), "bfloat16")
+    srcc, plcc = metrics.SRCC(), metrics.PLCC()
+    srcc.update_state(scores, scores)
+    plcc.update_state(scores, scores)
+    assert int(srcc.count) == 16 and float(srcc.result()) == pytest.approx(1.0)
+    assert float(plcc.result()) == pytest.approx(1.0, abs=1e-3)
+
+
 def test_step_logs_preview_and_epoch_logs_are_exact(monkeypatch):
     """Per-batch logs show the latest samples' SRCC; History and evaluate the exact one."""
     monkeypatch.setattr(metrics, "PREVIEW_SAMPLES", 8)
