@@ -4,10 +4,12 @@ A small scorer (the recipe's `small_cnn` + `ScoreHead`, 64x64 images, batch
 32) evaluates `--steps` batches: compiled with its loss only, and with
 `SRCC()` and `PLCC()`, alternating for `--rounds` rounds (each keeps its
 fastest). A callback times every step; the report gives, per backend, the
-median step time of each run, the overhead of the metrics, and
-the metrics run's median step time over its first and last 500 steps (the
-cost must not grow with the samples seen: 8,000 steps of 32 is 256,000
-samples, AVA's size). On torch, whose steps run eagerly, it also times
+median step time of each run, the overhead of the metrics, the median over
+rounds of each round's difference (`paired_overhead_ms`: a round's two runs
+are back to back, so the machine's drift mostly cancels), and the metrics
+run's median step time over its first and last 500 steps (the cost must not
+grow with the samples seen: 8,000 steps of 32 is 256,000 samples, AVA's
+size). On torch, whose steps run eagerly, it also times
 Keras's `compute_metrics` inside the same steps (`metrics_in_step_ms`: with
 the metrics minus without), since the eager step varies more than they cost.
 
@@ -87,6 +89,10 @@ def _measure(steps, batch_size, image_size, rounds):
                 results[label]["round_medians_ms"] = measured["round_medians_ms"]
     base, with_metrics = results["loss only"]["median_ms"], results["srcc+plcc"]["median_ms"]
     results["overhead_percent"] = 100.0 * (with_metrics - base) / base
+    # Each round's two runs are back to back: their difference cancels most of the machine's drift.
+    pairs = np.subtract(results["srcc+plcc"]["round_medians_ms"], results["loss only"]["round_medians_ms"])
+    results["paired_overhead_ms"] = float(np.median(pairs))
+    results["paired_overhead_percent"] = 100.0 * float(np.median(pairs)) / base
     if eager:  # the step's own variation hides the metrics: their time inside the same steps
         added = results["srcc+plcc"]["compute_metrics_ms"] - results["loss only"]["compute_metrics_ms"]
         results["metrics_in_step_ms"] = added
