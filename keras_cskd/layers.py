@@ -15,13 +15,14 @@ def bin_values_for(num_bins, bin_values=None):
     return [float(v) for v in bin_values]
 
 
-def mean_score(distribution, bin_values=None, offset=0.0):
-    """Expected score of (batch, bins) distributions over `bin_values` (1..N), minus `offset`.
+def mean_score(distribution, bin_values=None, centered=False):
+    """Expected score of (batch, bins) distributions over `bin_values` (1..N).
 
-    Accepts (batch,) or (batch, 1) scores too and returns them (minus
-    `offset`), so metrics work on either distributions or mean scores. With an
-    `offset` near the scores, the bin values are shifted before the sum, so
-    scores that differ by little keep their differences' digits in float32.
+    Accepts (batch,) or (batch, 1) scores too and returns them unchanged, so
+    metrics work on either distributions or mean scores. `centered=True`
+    measures a distribution's score from the middle bin value (the mean of
+    `bin_values`), shifting the bins before the sum, so scores that differ by
+    little keep their differences' digits in float32.
 
     Example:
     >>> float(mean_score([[0.5, 0.0, 0.5]])[0])
@@ -30,22 +31,25 @@ def mean_score(distribution, bin_values=None, offset=0.0):
     distribution = ops.convert_to_tensor(distribution)
     if not keras.backend.is_float_dtype(distribution.dtype):
         distribution = ops.cast(distribution, "float32")
-    weights = score_weights(distribution.shape, bin_values, offset)
+    weights = score_weights(distribution.shape, bin_values, centered)
     if weights is None:
-        return (distribution if len(distribution.shape) == 1 else distribution[:, 0]) - offset
+        return distribution if len(distribution.shape) == 1 else distribution[:, 0]
     sums = distribution @ ops.convert_to_tensor(weights, distribution.dtype)
     return sums[:, 0] / ops.maximum(sums[:, 1], 1e-12)
 
 
-def score_weights(shape, bin_values=None, offset=0.0):
-    """(bins, 2) float32 array: each bin's score minus `offset`, and 1; None when `shape` holds scores.
+def score_weights(shape, bin_values=None, centered=False):
+    """(bins, 2) float32 array: each bin's score (minus their mean if `centered`), and 1.
 
-    A distribution times it gives each row's score sum and mass in one matmul
-    (`mean_score`); (batch,) and (batch, 1) shapes are scores already.
+    None when `shape` holds scores already: (batch,) and (batch, 1). A
+    distribution times it gives each row's score sum and mass in one matmul
+    (`mean_score`).
 
     Example:
     >>> score_weights((4, 3)).tolist()
     [[1.0, 1.0], [2.0, 1.0], [3.0, 1.0]]
+    >>> score_weights((4, 3), centered=True)[:, 0].tolist()
+    [-1.0, 0.0, 1.0]
     """
     if len(shape) == 1 or (len(shape) == 2 and shape[-1] == 1):
         return None
@@ -53,7 +57,9 @@ def score_weights(shape, bin_values=None, offset=0.0):
         raise ValueError(
             f"Expected score distributions of shape (batch, bins) or scores of shape (batch,), got shape {shape}."
         )
-    values = np.asarray(bin_values_for(shape[-1], bin_values), "float64") - offset
+    values = np.asarray(bin_values_for(shape[-1], bin_values), "float64")
+    if centered:
+        values = values - values.mean()
     return np.stack([values, np.ones_like(values)], axis=1).astype("float32")
 
 

@@ -22,7 +22,6 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_cskd.layers import bin_values_for
 from keras_cskd.layers import mean_score
 from keras_cskd.layers import score_weights
 from keras_cskd.losses import emd
@@ -241,9 +240,10 @@ class SampleBufferMetric(keras.metrics.Metric):
 
     def _samples(self, y_true, y_pred, sample_weight):
         """(true, pred, keep): the batch's mean scores over every replica; keep is bool, or None for all."""
-        y_true, y_pred = ops.convert_to_tensor(y_true), ops.convert_to_tensor(y_pred)
-        true = ops.cast(mean_score(y_true, self.bin_values, self._offset(y_true)), "float32")
-        pred = ops.cast(mean_score(y_pred, self.bin_values, self._offset(y_pred)), "float32")
+        # Scores from the middle bin value: the same correlations, and a nearly constant predictor
+        # keeps its differences in float32.
+        true = ops.cast(mean_score(y_true, self.bin_values, centered=True), "float32")
+        pred = ops.cast(mean_score(y_pred, self.bin_values, centered=True), "float32")
         keep = None  # every sample counts: the common case takes fewer ops
         if sample_weight is not None:
             keep = ops.reshape(ops.cast(sample_weight, "float32"), (-1,)) > 0
@@ -266,16 +266,10 @@ class SampleBufferMetric(keras.metrics.Metric):
             true, pred = true[keep], pred[keep]
         return true, pred
 
-    def _offset(self, scores):
-        """The middle bin value for distributions: the correlations are the same, and the
-        scores of a nearly constant predictor keep their differences in float32."""
-        bins = scores.shape[-1] if len(scores.shape) == 2 else 1
-        return 0.0 if bins == 1 else float(np.mean(bin_values_for(bins, self.bin_values)))
-
     def _host_mean_score(self, array):
         """`mean_score` (as `_samples` calls it) in numpy float32, as `keras.ops` computes elsewhere."""
         array = np.asarray(array, "float32")
-        weights = score_weights(array.shape, self.bin_values, self._offset(array))
+        weights = score_weights(array.shape, self.bin_values, centered=True)
         if weights is None:
             return array.reshape(-1)
         sums = array @ weights
