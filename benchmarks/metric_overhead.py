@@ -1,12 +1,15 @@
 """Per-step cost of the SRCC and PLCC metrics in `model.evaluate`, per backend.
 
 A small scorer (the recipe's `small_cnn` + `ScoreHead`, 64x64 images, batch
-32) evaluates `--steps` batches: compiled with its loss only, and with
-`SRCC()` and `PLCC()`, alternating for `--rounds` rounds (each keeps its
-fastest). A callback times every step; the report gives, per backend, the
-median step time of each run, the overhead of the metrics, the median over
-rounds of each round's difference (`paired_overhead_ms`: a round's two runs
-are back to back, so the machine's drift mostly cancels), and the metrics
+32) evaluates `--steps` batches: compiled with its loss only, with `SRCC()`
+and `PLCC()`, and with two of Keras's own metrics (`MeanSquaredError()`,
+`MeanAbsoluteError()`: what any two metrics cost in the same step),
+alternating for `--rounds` rounds (each keeps its fastest). A callback times
+every step; the report gives, per backend, the median step time of each run,
+the overhead of the metrics, the median over rounds of each round's
+difference from the loss-only run (`paired_overhead_ms`, and
+`keras_metrics_paired_overhead_ms` for Keras's two: a round's runs are back
+to back, so the machine's drift mostly cancels), and the metrics
 run's median step time over its first and last 500 steps (the cost must not
 grow with the samples seen: 8,000 steps of 32 is 256,000 samples, AVA's
 size). On torch, whose steps run eagerly, it also times
@@ -64,7 +67,13 @@ def _measure(steps, batch_size, image_size, rounds):
     # Alternate the two models for `rounds` rounds (A B A B ...) so that drift in the machine's
     # load reaches both; each keeps its fastest round.
     for round_index in range(rounds):
-        for label, chosen in (("loss only", []), ("srcc+plcc", [metrics.SRCC(), metrics.PLCC()])):
+        arms = (
+            ("loss only", []),
+            ("srcc+plcc", [metrics.SRCC(), metrics.PLCC()]),
+            # Keras's own two simplest metrics: what any two metrics cost in the step.
+            ("keras mse+mae", [keras.metrics.MeanSquaredError(), keras.metrics.MeanAbsoluteError()]),
+        )
+        for label, chosen in arms:
             keras.utils.set_random_seed(0)
             scorer = TimedScorer(build_backbone("small_cnn", image_size), num_bins=10)
             scorer.compile(metrics=chosen)
@@ -80,7 +89,7 @@ def _measure(steps, batch_size, image_size, rounds):
                 "last_500_ms": float(np.median(step[-500:])),
                 "round_medians_ms": results.get(label, {}).get("round_medians_ms", []) + [float(np.median(step))],
             }
-            if chosen:
+            if label == "srcc+plcc":
                 measured["samples_seen"] = int(chosen[0].count)
             if label not in results or measured["median_ms"] < results[label]["median_ms"]:
                 results[label] = measured
@@ -88,10 +97,11 @@ def _measure(steps, batch_size, image_size, rounds):
                 results[label]["round_medians_ms"] = measured["round_medians_ms"]
     base, with_metrics = results["loss only"]["median_ms"], results["srcc+plcc"]["median_ms"]
     results["overhead_percent"] = 100.0 * (with_metrics - base) / base
-    # Each round's two runs are back to back: their difference cancels most of the machine's drift.
-    pairs = np.subtract(results["srcc+plcc"]["round_medians_ms"], results["loss only"]["round_medians_ms"])
-    results["paired_overhead_ms"] = float(np.median(pairs))
-    results["paired_overhead_percent"] = 100.0 * results["paired_overhead_ms"] / base
+    # Each round's runs are back to back: their difference cancels most of the machine's drift.
+    for label, key in (("srcc+plcc", "paired_overhead"), ("keras mse+mae", "keras_metrics_paired_overhead")):
+        pairs = np.subtract(results[label]["round_medians_ms"], results["loss only"]["round_medians_ms"])
+        results[f"{key}_ms"] = float(np.median(pairs))
+        results[f"{key}_percent"] = 100.0 * results[f"{key}_ms"] / base
     if eager:  # the step's own variation hides the metrics: their time inside the same steps
         added = results["srcc+plcc"]["compute_metrics_ms"] - results["loss only"]["compute_metrics_ms"]
         results["metrics_in_step_ms"] = added

@@ -129,7 +129,9 @@ def _fused(metric, name, function):
     """`function` as one XLA cluster on tensorflow (outside `tf.distribute`), else itself.
 
     A graph of many small ops costs TensorFlow on the CPU a few microseconds per op
-    at every step; compiled as one cluster, the metric's update costs about one op.
+    at every step, and launching a cluster about as much as a dozen of them: SRCC's
+    update (writes, then the preview's ranking) pays for its cluster, PLCC's few
+    ops do not.
     """
     if keras.backend.backend() != "tensorflow":
         return function
@@ -315,8 +317,8 @@ class PLCC(SampleBufferMetric):
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         samples = self._samples_on_host(y_true, y_pred, sample_weight)
-        if samples is None:
-            _fused(self, "update", self._update)(y_true, y_pred, sample_weight)
+        if samples is None:  # a few small ops: cheaper than an XLA cluster's launch on tensorflow
+            self._update(y_true, y_pred, sample_weight)
         elif len(samples[0]):
             self._update_on_host(*samples)
 
@@ -335,20 +337,22 @@ class PLCC(SampleBufferMetric):
 
     def _update(self, y_true, y_pred, sample_weight=None):
         true, pred, keep = self._samples(y_true, y_pred, sample_weight)
-        rows = ops.stack([true, pred], axis=1)  # (batch, 2)
-        if keep is None and rows.shape[0] is not None:  # a static batch: its size is a Python number
-            if rows.shape[0] == 0:
+        # Samples along the last axis: sums over it are pairwise on every backend (tensorflow adds
+        # along a leading axis one row after another, losing digits on big batches).
+        columns = ops.stack([true, pred])  # (2, batch)
+        if keep is None and columns.shape[1] is not None:  # a static batch: its size is a Python number
+            if columns.shape[1] == 0:
                 return
-            n_b = float(rows.shape[0])
-            mean_b = ops.sum(rows, axis=0) / n_b
-            centered = rows - mean_b
+            n_b = float(columns.shape[1])
+            mean_b = ops.sum(columns, axis=1) / n_b
+            centered = columns - mean_b[:, None]
         else:
-            weights = ops.ones_like(rows[:, :1]) if keep is None else ops.cast(keep, "float32")[:, None]
+            weights = ops.ones_like(columns[:1]) if keep is None else ops.cast(keep, "float32")[None]
             n_b = ops.sum(weights)
-            mean_b = ops.sum(rows * weights, axis=0) / ops.maximum(n_b, 1.0)
-            centered = (rows - mean_b) * weights
-        # [[true-true, true-pred], [., pred-pred]], summed pairwise (a matmul loses digits on big batches)
-        scatter_b = ops.sum(centered[:, :, None] * centered[:, None, :], axis=0)
+            mean_b = ops.sum(columns * weights, axis=1) / ops.maximum(n_b, 1.0)
+            centered = (columns - mean_b[:, None]) * weights
+        # [[true-true, true-pred], [., pred-pred]], not as a matmul (which loses digits on big batches)
+        scatter_b = ops.sum(centered[:, None, :] * centered[None, :, :], axis=2)
         old = self.moments.value
         n_a = ops.cast(self.count.value, "float32")
         total = n_a + n_b
@@ -387,7 +391,8 @@ class SRCC(SampleBufferMetric):
       over every sample since the last reset;
     - the per-step logs of a train / test step (Keras's `compute_metrics`,
       shown by the progress bar and per-batch callbacks): the SRCC of the
-      latest `PREVIEW_SAMPLES` samples, cheap at any size;
+      latest `PREVIEW_SAMPLES` samples, which each update computes with its
+      writes (`preview`), cheap at any size;
     - inside a user's own compiled function: exact, in the graph.
 
     More than `max_samples` samples since the last reset is an error when the
@@ -414,18 +419,20 @@ class SRCC(SampleBufferMetric):
         self.pred_scores = self._state((max_samples + 1,), "float32", "pred_scores")
         self.count = self._state((), "int32", "count")
         self.dropped = self._state((), "int32", "dropped")
+        # The SRCC of the latest `PREVIEW_SAMPLES` samples, computed by each update with it.
+        self.preview = self._state((), "float32", "preview")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         samples = self._samples_on_host(y_true, y_pred, sample_weight)
-        if samples is None:
+        if samples is None:  # the writes and the preview: one XLA cluster on tensorflow
             _fused(self, "update", self._update)(y_true, y_pred, sample_weight)
         else:
             self._update_on_host(*samples)
 
     def _update_on_host(self, true, pred):
         """The update of `_update` in numpy, on the variables' own memory."""
-        true_scores, pred_scores, count, dropped = _host_views(
-            self.true_scores.value, self.pred_scores.value, self.count.value, self.dropped.value
+        true_scores, pred_scores, count, dropped, preview = _host_views(
+            self.true_scores.value, self.pred_scores.value, self.count.value, self.dropped.value, self.preview.value
         )
         start = int(count)
         written = min(max(self.max_samples - start, 0), len(true))
@@ -433,6 +440,8 @@ class SRCC(SampleBufferMetric):
         pred_scores[start : start + written] = pred[:written]
         count[...] = start + written
         dropped[...] = dropped + (len(true) - written)
+        window = slice(max(start + written - min(PREVIEW_SAMPLES, self.max_samples), 0), start + written)
+        preview[...] = _spearman_numpy(true_scores[window].astype("float64"), pred_scores[window].astype("float64"))
 
     def _update(self, y_true, y_pred, sample_weight=None):
         true, pred, keep = self._samples(y_true, y_pred, sample_weight)
@@ -449,8 +458,10 @@ class SRCC(SampleBufferMetric):
             written = ops.sum(ops.cast(fits, "int32"))
         _write_slots(self.true_scores, slots, true)
         _write_slots(self.pred_scores, slots, pred)
-        self.count.assign(count + written)
+        new_count = count + written  # before the assign: torch's assign writes into `count` itself
+        self.count.assign(new_count)
         self.dropped.assign(self.dropped.value + (kept - written))
+        self.preview.assign(self._preview(new_count))
 
     def _overflow_message(self, count, dropped):
         return (
@@ -460,14 +471,12 @@ class SRCC(SampleBufferMetric):
         )
 
     def result(self):
-        in_step_logs = _in_step_logs()
+        if _in_step_logs():
+            return ops.cast(self.preview, self.dtype)
         state = (self.true_scores.value, self.pred_scores.value, self.count.value, self.dropped.value)
         arrays = _host_views(*state)
         if arrays is None:
             count = ops.convert_to_tensor(self.count)
-            if in_step_logs:
-                preview = _fused(self, "preview", lambda: self._preview(ops.convert_to_tensor(self.count)))
-                return ops.cast(preview(), self.dtype)
             if _is_traced(count):
                 valid = ops.arange(self.max_samples + 1) < count
                 true_ranks = _average_ranks(ops.convert_to_tensor(self.true_scores), valid)
@@ -477,10 +486,9 @@ class SRCC(SampleBufferMetric):
             arrays = [ops.convert_to_numpy(value) for value in state]  # the exact read, once per epoch
         true, pred, count, dropped = arrays
         count, dropped = int(count), int(dropped)
-        start = max(count - min(PREVIEW_SAMPLES, self.max_samples), 0) if in_step_logs else 0
-        if dropped and not in_step_logs:
+        if dropped:
             raise ValueError(self._overflow_message(count, dropped))
-        value = _spearman_numpy(true[start:count].astype("float64"), pred[start:count].astype("float64"))
+        value = _spearman_numpy(true[:count].astype("float64"), pred[:count].astype("float64"))
         return ops.convert_to_tensor(value, dtype=self.dtype)
 
     def _preview(self, count):
