@@ -80,10 +80,18 @@ ARMS = [
 
 def make_clip(args):
     """The library's stand-in CLIP, and what it carries: a linear probe of its embedding for the hidden score."""
-    clip = stand_in_clip(args.image_size, seed=0, num_images=args.clip_images, epochs=args.clip_epochs)
+    clip = stand_in_clip(
+        args.image_size,
+        seed=0,
+        num_images=args.clip_images,
+        epochs=args.clip_epochs,
+        patch_size=args.clip_patch_size,
+        grain=args.grain,
+    )
     rng = np.random.default_rng(777)  # scenes apart from the CLIP's and every world's
     a = synthetic.sample_attributes(1300, rng)
-    features = clip.predict(synthetic.render(a, args.image_size, rng).astype("float32"), batch_size=128, verbose=0)
+    scenes = synthetic.render(a, args.image_size, rng, args.grain).astype("float32")
+    features = clip.predict(scenes, batch_size=128, verbose=0)
     x = np.c_[features, np.ones(len(features))]
     w = np.linalg.solve(x[:300].T @ x[:300] + 0.1 * np.eye(x.shape[1]), x[:300].T @ a["z"][:300])
     probe = float(stats.spearmanr(x[300:] @ w, a["z"][300:])[0])
@@ -124,6 +132,7 @@ class SeedRun:
             image_size=args.file_size,
             seed=seed,
             test_fraction=args.test_fraction,
+            grain=args.grain,
         )
         # The world's own test list: `--test-fraction` of the labeled images.
         self.records = read_ava(self.world.ava_root, test_list=self.world.ava_test_list, val_fraction=0.0, seed=seed)
@@ -393,6 +402,15 @@ def parse_args(argv=None):
     parser.add_argument("--unlabeled-ratio", type=float, default=2.0)
     parser.add_argument("--clip-images", type=int, default=2000)
     parser.add_argument("--clip-epochs", type=int, default=8)
+    parser.add_argument(
+        "--clip-patch-size", type=int, default=None, help="the stand-in CLIP's patches; image size // 8 by default"
+    )
+    parser.add_argument(
+        "--grain",
+        type=float,
+        default=0.0,
+        help="fine texture in every scene, world and stand-in alike, so that blur shows everywhere (synthetic.render)",
+    )
     parser.add_argument("--align-epochs", type=int, default=6)
     parser.add_argument("--teacher-epochs", type=int, default=10)
     parser.add_argument(

@@ -11,10 +11,16 @@ and measures on freshly rendered scenes (never trained on):
   world seed, and the same probe of the true caption words (`caption words`:
   what a stand-in that read every word perfectly would carry).
 
+With `--grain`, every scene carries the fine texture that makes blur visible
+everywhere (`synthetic.render`); `laplacian_sharpness_spearman` says how
+visible blur is to a hand-made measure (the scenes' mean absolute Laplacian).
+`--patch-size` sets the stand-in ViT's patches.
+
 The scenes are rendered at the model's size (the worlds' files are JPEGs seen
 through CLIP's resize; this skips both).
 
     python benchmarks/stand_in_quality.py --budgets 2000x8,6000x16 --json out.json
+    python benchmarks/stand_in_quality.py --budgets 2000x8 --grain 0.08 --patch-size 2
 """
 
 import argparse
@@ -33,11 +39,11 @@ from keras_cskd.data import synthetic  # noqa: E402
 from keras_cskd.recipe import stand_in_clip  # noqa: E402
 
 
-def scenes(n, seed, image_size):
+def scenes(n, seed, image_size, grain):
     """Rendered scenes, their attributes and true mean scores (`mu`, as `make_world` draws it)."""
     rng = np.random.default_rng(seed)
     attributes = synthetic.sample_attributes(n, rng)
-    images = synthetic.render(attributes, image_size, rng).astype("float32")
+    images = synthetic.render(attributes, image_size, rng, grain).astype("float32")
     scores = 2.2 + 6.0 * attributes["z"] + rng.normal(0.0, synthetic.IMAGE_NOISE, n)
     return images, attributes, scores
 
@@ -67,19 +73,27 @@ def main():
     parser.add_argument("--budgets", default="2000x8,6000x16", help="scenes x epochs, comma-separated")
     parser.add_argument("--world-seeds", default="0,1,2")
     parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--grain", type=float, default=0.0, help="the scenes' fine texture (synthetic.render)")
+    parser.add_argument("--patch-size", type=int, default=None, help="the stand-in ViT's; image size // 8 by default")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     size = args.image_size
-    word_train, word_attributes, _ = scenes(1000, 9000, size)
-    word_test, test_attributes, _ = scenes(2000, 9001, size)
-    worlds = [scenes(2300, 100 + int(seed), size) for seed in args.world_seeds.split(",")]
+    word_train, word_attributes, _ = scenes(1000, 9000, size, args.grain)
+    word_test, test_attributes, _ = scenes(2000, 9001, size, args.grain)
+    worlds = [scenes(2300, 100 + int(seed), size, args.grain) for seed in args.world_seeds.split(",")]
     report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count()}
     report["load_average_start"] = os.getloadavg()[0]
+    report.update(grain=args.grain, patch_size=args.patch_size or max(size // 8, 1))
+    report["laplacian_sharpness_spearman"] = round(
+        synthetic.blur_visibility(word_test, test_attributes["sharpness"]), 3
+    )
     report["caption words"] = {"probe": [round(words_probe(a, s), 3) for _, a, s in worlds]}
     for budget in args.budgets.split(","):
         num_images, epochs = (int(v) for v in budget.split("x"))
         start = time.time()
-        clip = stand_in_clip(size, seed=0, num_images=num_images, epochs=epochs)
+        clip = stand_in_clip(
+            size, seed=0, num_images=num_images, epochs=epochs, patch_size=args.patch_size, grain=args.grain
+        )
 
         def embed(images):
             return np.asarray(clip.predict(images, batch_size=256, verbose=0))

@@ -277,6 +277,16 @@ def test_synthetic_votes_follow_visible_attributes(world, tmp_path):
     assert 1.0 < spread.mean() < 1.8
 
 
+def test_grain_makes_blur_visible_everywhere_and_none_keeps_the_old_scenes():
+    """Without grain blur shows only at the subject's edge; `grain=0` draws nothing extra."""
+    a = synthetic.sample_attributes(400, np.random.default_rng(3))
+    plain = synthetic.render(a, 32, np.random.default_rng(4))
+    np.testing.assert_array_equal(plain, synthetic.render(a, 32, np.random.default_rng(4), grain=0.0))
+    grainy = synthetic.render(a, 32, np.random.default_rng(4), grain=0.08)
+    assert synthetic.blur_visibility(plain, a["sharpness"]) < 0.5
+    assert synthetic.blur_visibility(grainy, a["sharpness"]) > 0.7
+
+
 # === Docstring examples ===
 
 

@@ -11,13 +11,16 @@ from keras_cskd.recipe.config import ConfigError
 from keras_cskd.recipe.phase import save_atomically
 
 
-def small_clip(image_size, seed=0, num_layers=2):
-    """A small random KerasHub CLIP for offline demos (ViT, 64 wide; a token text tower, unused here)."""
+def small_clip(image_size, seed=0, num_layers=2, patch_size=None):
+    """A small random KerasHub CLIP for offline demos (ViT, 64 wide; a token text tower, unused here).
+
+    `patch_size` is `image_size // 8` by default (an 8 x 8 grid of patches).
+    """
     import keras_hub
 
     keras.utils.set_random_seed(seed)
     vision = keras_hub.models.CLIPVisionEncoder(
-        patch_size=max(image_size // 8, 1),
+        patch_size=patch_size or max(image_size // 8, 1),
         hidden_dim=64,
         num_layers=num_layers,
         num_heads=4,
@@ -36,7 +39,7 @@ def small_clip(image_size, seed=0, num_layers=2):
     return keras_hub.models.CLIPBackbone(vision, text, projection_dim=64)
 
 
-def stand_in_clip(image_size, seed=0, num_images=2000, epochs=8, path=None):
+def stand_in_clip(image_size, seed=0, num_images=2000, epochs=8, path=None, patch_size=None, grain=0.0):
     """A small KerasHub CLIP trained offline to name what the synthetic world shows.
 
     No pretrained CLIP is reachable offline, and a random one carries nothing.
@@ -45,7 +48,9 @@ def stand_in_clip(image_size, seed=0, num_images=2000, epochs=8, path=None):
     `num_images` scenes rendered apart from any world's files: what captions
     naming the visible attributes would teach a CLIP. It never sees scores,
     votes or qualities. With `path`, the trained teacher is saved there and
-    loaded from there next time.
+    loaded from there next time. `patch_size` is its ViT's (`small_clip`);
+    `grain` renders its scenes as `make_world(..., grain=...)` renders the
+    world's.
 
     Returns:
         A frozen `CLIPImageTeacher` for `image_size` images.
@@ -56,9 +61,10 @@ def stand_in_clip(image_size, seed=0, num_images=2000, epochs=8, path=None):
         return keras.saving.load_model(path)
     rng = np.random.default_rng(seed + 12345)
     attributes = synthetic.sample_attributes(num_images, rng)
-    images = synthetic.render(attributes, image_size, rng).astype("float32")
+    images = synthetic.render(attributes, image_size, rng, grain).astype("float32")
     words = synthetic.caption_words(attributes)
-    teacher = CLIPImageTeacher.from_backbone(small_clip(image_size, seed + 12345, num_layers=3), image_size=image_size)
+    backbone = small_clip(image_size, seed + 12345, num_layers=3, patch_size=patch_size)
+    teacher = CLIPImageTeacher.from_backbone(backbone, image_size=image_size)
     teacher.trainable = True
     inputs = keras.Input((image_size, image_size, 3))
     # Unit-norm embeddings times a temperature, then one logit per word (CLIP's scaled cosine).
