@@ -103,10 +103,10 @@ def student_backbone(s):
     return build_backbone("small_mobilenet", s)
 
 
-def teacher_backbone(s):
+def teacher_backbone(s, patch_size=4):
     vit = keras_hub.models.ViTBackbone(
         image_shape=(s, s, 3),
-        patch_size=4,
+        patch_size=patch_size,
         num_layers=3,
         num_heads=4,
         hidden_dim=64,
@@ -142,7 +142,7 @@ class SeedRun:
         self.cache_dir = os.path.join(workdir, "cache")
         keras.utils.set_random_seed(seed)
         self.initial = {
-            "teacher": teacher_backbone(args.image_size).get_weights(),
+            "teacher": teacher_backbone(args.image_size, args.teacher_patch_size).get_weights(),
             "student": student_backbone(args.image_size).get_weights(),
         }
 
@@ -150,7 +150,8 @@ class SeedRun:
         return max(1, int(round(n * self.args.epochs_scale)))
 
     def backbone(self, kind, weights):
-        model = teacher_backbone(self.args.image_size) if kind == "teacher" else student_backbone(self.args.image_size)
+        size = self.args.image_size
+        model = teacher_backbone(size, self.args.teacher_patch_size) if kind == "teacher" else student_backbone(size)
         model.set_weights(weights)
         return model
 
@@ -405,6 +406,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--clip-patch-size", type=int, default=None, help="the stand-in CLIP's patches; image size // 8 by default"
     )
+    parser.add_argument("--teacher-patch-size", type=int, default=4, help="the teacher ViT's patches")
     parser.add_argument(
         "--grain",
         type=float,
