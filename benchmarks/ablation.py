@@ -177,10 +177,13 @@ class SeedRun:
         return {kind: aligner.learners[kind].backbone.get_weights() for kind in self.initial}
 
     def fine_tune(self, kind, weights, epochs):
-        """An `AestheticScorer` on the labeled train split, the same seed and steps for every arm."""
+        """An `AestheticScorer` on the labeled train split, the same seed and steps for every arm.
+
+        A teacher first trains its score head alone for `--teacher-head-epochs`
+        (its backbone frozen), then everything at `--teacher-lr`.
+        """
         keras.utils.set_random_seed(self.seed + (1 if kind == "teacher" else 2))
         scorer = AestheticScorer(self.backbone(kind, weights))
-        scorer.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=[])
         data = labeled_dataset(
             self.records,
             "train",
@@ -189,6 +192,13 @@ class SeedRun:
             training=True,
             seed=self.seed,
         )
+        head_only = kind == "teacher" and self.args.teacher_head_epochs > 0
+        if head_only:
+            scorer.backbone.trainable = False
+            scorer.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=[])
+            scorer.fit(data, epochs=self.epochs(self.args.teacher_head_epochs), verbose=0)
+            scorer.backbone.trainable = True
+        scorer.compile(optimizer=keras.optimizers.Adam(self.args.teacher_lr if kind == "teacher" else 1e-3), metrics=[])
         scorer.fit(data, epochs=epochs, verbose=0)
         return scorer
 
@@ -334,7 +344,8 @@ def markdown(table, runs, args, clip_info):
         "",
         f"{len(runs)} seed(s); {args.num_labeled} labeled images ({runs[0]['test_images']} test), "
         f"{args.num_unlabeled} unlabeled, {args.image_size}px; epochs x{args.epochs_scale} "
-        f"(align {args.align_epochs}, teacher {args.teacher_epochs}, student {args.student_epochs}); "
+        f"(align {args.align_epochs}, teacher {args.teacher_head_epochs} head-only + {args.teacher_epochs} "
+        f"at lr {args.teacher_lr:g}, student {args.student_epochs}); "
         f"backend {keras.backend.backend()}. Oracle SRCC (perfect attribute reader) on these worlds: {oracle:.3f}. "
         f"Stand-in CLIP: a linear probe of its embedding on 300 labeled scenes reaches SRCC "
         f"{clip_info['linear_probe_srcc_300_labels']} with the hidden score.",
@@ -415,6 +426,15 @@ def parse_args(argv=None):
     )
     parser.add_argument("--align-epochs", type=int, default=6)
     parser.add_argument("--teacher-epochs", type=int, default=10)
+    parser.add_argument(
+        "--teacher-head-epochs",
+        type=int,
+        default=0,
+        help="before its --teacher-epochs, each teacher trains its score head alone (backbone frozen) this long",
+    )
+    parser.add_argument(
+        "--teacher-lr", type=float, default=1e-3, help="Adam learning rate of the teachers' fine-tuning"
+    )
     parser.add_argument(
         "--student-epochs",
         type=int,
