@@ -192,13 +192,13 @@ class SeedRun:
             training=True,
             seed=self.seed,
         )
-        head_only = kind == "teacher" and self.args.teacher_head_epochs > 0
-        if head_only:
+        teacher = kind == "teacher"
+        if teacher and self.args.teacher_head_epochs > 0:  # `self.epochs` never gives 0
             scorer.backbone.trainable = False
             scorer.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=[])
             scorer.fit(data, epochs=self.epochs(self.args.teacher_head_epochs), verbose=0)
             scorer.backbone.trainable = True
-        scorer.compile(optimizer=keras.optimizers.Adam(self.args.teacher_lr if kind == "teacher" else 1e-3), metrics=[])
+        scorer.compile(optimizer=keras.optimizers.Adam(self.args.teacher_lr if teacher else 1e-3), metrics=[])
         scorer.fit(data, epochs=epochs, verbose=0)
         return scorer
 
