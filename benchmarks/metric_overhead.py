@@ -16,7 +16,7 @@ size). On torch, whose steps run eagerly, it also times
 Keras's `compute_metrics` inside the same steps (`metrics_in_step_ms`: with
 the metrics minus without), since the eager step varies more than they cost.
 
-    python benchmarks/metric_overhead.py [--backends tensorflow jax torch] [--steps 8000]
+    python benchmarks/metric_overhead.py [--backends tensorflow jax torch] [--steps 8000] [--json out.json]
 
 Each backend runs in its own process (`KERAS_BACKEND`).
 """
@@ -116,6 +116,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per model; the fastest counts")
+    parser.add_argument("--json", default=None, help="also write the report to this file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -142,6 +143,9 @@ def main():
         print(backend, json.dumps(report[backend]), flush=True)
     report["load_average_after"] = os.getloadavg()[0]
     print(json.dumps(report, indent=1))
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(report, file, indent=1)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,21 @@ def _average_ranks(values, valid):
     return (ops.cast(below + up_to, values.dtype) + 1.0) / 2.0
 
 
+def _average_ranks_pairwise(values, valid):
+    """`_average_ranks` of a short vector from all pairwise comparisons: one fused loop, no sort.
+
+    Example:
+    >>> from keras import ops
+    >>> ranks = _average_ranks_pairwise(ops.convert_to_tensor([3.0, 1.0, 3.0, 0.0]), ops.convert_to_tensor([True] * 3 + [False]))
+    >>> ops.convert_to_numpy(ranks)[:3].tolist()
+    [2.5, 1.0, 2.5]
+    """
+    others = ops.cast(valid, values.dtype)[None, :]
+    below = ops.sum(ops.cast(values[None, :] < values[:, None], values.dtype) * others, axis=1)
+    equal = ops.sum(ops.cast(values[None, :] == values[:, None], values.dtype) * others, axis=1)
+    return below + (equal + 1.0) / 2.0
+
+
 def _centered_ranks_numpy(values):
     """Average ranks (ties averaged, as scipy's `rankdata`) minus their mean, in float64."""
     ordered = np.sort(values)
@@ -130,8 +145,9 @@ def _fused(metric, name, function):
 
     A graph of many small ops costs TensorFlow on the CPU a few microseconds per op
     at every step, and launching a cluster about as much as a dozen of them: SRCC's
-    update (writes, then the preview's ranking) pays for its cluster, PLCC's few
-    ops do not.
+    counts and preview (a ranking of its latest samples) pay for their cluster,
+    PLCC's few ops do not. A cluster that writes a large variable costs more than
+    the write itself as a graph op, so SRCC's buffers are written outside it.
     """
     if keras.backend.backend() != "tensorflow":
         return function
@@ -274,8 +290,7 @@ class SampleBufferMetric(keras.metrics.Metric):
         weights = score_weights(array.shape, self.bin_values, centered=True)
         if weights is None:
             return array.reshape(-1)
-        sums = array @ weights
-        return sums[:, 0] / np.maximum(sums[:, 1], 1e-12)
+        return (array * weights).sum(axis=-1) / np.maximum(array.sum(axis=-1), 1e-12)
 
     def reset_state(self):
         for variable in self.variables:
@@ -391,8 +406,8 @@ class SRCC(SampleBufferMetric):
       over every sample since the last reset;
     - the per-step logs of a train / test step (Keras's `compute_metrics`,
       shown by the progress bar and per-batch callbacks): the SRCC of the
-      latest `PREVIEW_SAMPLES` samples, which each update computes with its
-      writes (`preview`), cheap at any size;
+      latest `PREVIEW_SAMPLES` samples, which each update keeps apart
+      (`latest`) and ranks (`preview`), cheap at any size;
     - inside a user's own compiled function: exact, in the graph.
 
     More than `max_samples` samples since the last reset is an error when the
@@ -419,20 +434,30 @@ class SRCC(SampleBufferMetric):
         self.pred_scores = self._state((max_samples + 1,), "float32", "pred_scores")
         self.count = self._state((), "int32", "count")
         self.dropped = self._state((), "int32", "dropped")
-        # The SRCC of the latest `PREVIEW_SAMPLES` samples, computed by each update with it.
+        # The latest `PREVIEW_SAMPLES` (true, pred) pairs, oldest first, and their SRCC: the preview.
+        self._window = min(PREVIEW_SAMPLES, max_samples)
+        self.latest = self._state((2, self._window), "float32", "latest")
         self.preview = self._state((), "float32", "preview")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         samples = self._samples_on_host(y_true, y_pred, sample_weight)
-        if samples is None:  # the writes and the preview: one XLA cluster on tensorflow
-            _fused(self, "update", self._update)(y_true, y_pred, sample_weight)
-        else:
+        if samples is not None:
             self._update_on_host(*samples)
+            return
+        # On tensorflow the counts, the latest samples and the preview run as one XLA cluster that
+        # touches only small variables; the buffers' two in-place writes follow it as graph ops.
+        slots, true, pred = _fused(self, "record", self._record)(y_true, y_pred, sample_weight)
+        self._write(slots, true, pred)
 
     def _update_on_host(self, true, pred):
         """The update of `_update` in numpy, on the variables' own memory."""
-        true_scores, pred_scores, count, dropped, preview = _host_views(
-            self.true_scores.value, self.pred_scores.value, self.count.value, self.dropped.value, self.preview.value
+        true_scores, pred_scores, count, dropped, latest, preview = _host_views(
+            self.true_scores.value,
+            self.pred_scores.value,
+            self.count.value,
+            self.dropped.value,
+            self.latest.value,
+            self.preview.value,
         )
         start = int(count)
         written = min(max(self.max_samples - start, 0), len(true))
@@ -440,10 +465,15 @@ class SRCC(SampleBufferMetric):
         pred_scores[start : start + written] = pred[:written]
         count[...] = start + written
         dropped[...] = dropped + (len(true) - written)
-        window = slice(max(start + written - min(PREVIEW_SAMPLES, self.max_samples), 0), start + written)
-        preview[...] = _spearman_numpy(true_scores[window].astype("float64"), pred_scores[window].astype("float64"))
+        latest[...] = np.concatenate([latest, np.stack([true, pred])], axis=1)[:, -self._window :]
+        shown = latest[:, self._window - min(start + written, self._window) :].astype("float64")
+        preview[...] = _spearman_numpy(shown[0], shown[1])
 
     def _update(self, y_true, y_pred, sample_weight=None):
+        self._write(*self._record(y_true, y_pred, sample_weight))
+
+    def _record(self, y_true, y_pred, sample_weight=None):
+        """Counts, latest samples and preview updated; returns the batch's (slots, true, pred) to write."""
         true, pred, keep = self._samples(y_true, y_pred, sample_weight)
         count = self.count.value
         if keep is None:  # slots count, count + 1, ...; past the capacity, the spare slot
@@ -456,12 +486,26 @@ class SRCC(SampleBufferMetric):
             slots = ops.where(fits, slots, ops.full_like(slots, self.max_samples))
             kept = ops.sum(ops.cast(keep, "int32"))
             written = ops.sum(ops.cast(fits, "int32"))
-        _write_slots(self.true_scores, slots, true)
-        _write_slots(self.pred_scores, slots, pred)
         new_count = count + written  # before the assign: torch's assign writes into `count` itself
         self.count.assign(new_count)
         self.dropped.assign(self.dropped.value + (kept - written))
-        self.preview.assign(self._preview(new_count))
+        latest = self._latest(true, pred, keep)
+        self.latest.assign(latest)
+        self.preview.assign(self._preview(latest, new_count))
+        return slots, true, pred
+
+    def _write(self, slots, true, pred):
+        _write_slots(self.true_scores, slots, true)
+        _write_slots(self.pred_scores, slots, pred)
+
+    def _latest(self, true, pred, keep):
+        """The `_window` latest (true, pred) pairs once this batch's kept samples follow the earlier ones."""
+        joined = ops.concatenate([self.latest.value, ops.stack([true, pred])], axis=1)
+        if keep is not None:  # the samples not kept first, then the kept ones in their order
+            kept = ops.concatenate([ops.ones((self._window,), "bool"), keep])
+            position = ops.arange(ops.shape(kept)[0], dtype="int32")
+            joined = ops.take(joined, ops.argsort(ops.where(kept, position, -1)), axis=1)
+        return joined[:, -self._window :]
 
     def _overflow_message(self, count, dropped):
         return (
@@ -491,13 +535,11 @@ class SRCC(SampleBufferMetric):
         value = _spearman_numpy(true[:count].astype("float64"), pred[:count].astype("float64"))
         return ops.convert_to_tensor(value, dtype=self.dtype)
 
-    def _preview(self, count):
-        window = min(PREVIEW_SAMPLES, self.max_samples)
-        start = ops.maximum(count - window, 0)
-        slots = start + ops.arange(window, dtype="int32")
-        valid = slots < count
-        true_ranks = _average_ranks(ops.take(self.true_scores, slots), valid)
-        pred_ranks = _average_ranks(ops.take(self.pred_scores, slots), valid)
+    def _preview(self, latest, count):
+        """The SRCC of the latest pairs, of which the last `min(count, _window)` are samples."""
+        valid = ops.arange(self._window, dtype="int32") >= self._window - ops.minimum(count, self._window)
+        true_ranks = _average_ranks_pairwise(latest[0], valid)
+        pred_ranks = _average_ranks_pairwise(latest[1], valid)
         return _pearson(true_ranks, pred_ranks, ops.cast(valid, "float32"))
 
     def get_config(self):

@@ -125,6 +125,22 @@ def test_step_logs_preview_and_epoch_logs_are_exact(monkeypatch):
     np.testing.assert_allclose(float(model.metrics[-1].metrics[0].result()), exact, atol=1e-5)
 
 
+@pytest.mark.parametrize("path", ["update_state", "_update"])
+def test_preview_is_the_srcc_of_the_latest_kept_samples(monkeypatch, path):
+    """With sample weights the preview skips the samples not kept, on every update path."""
+    monkeypatch.setattr(metrics, "PREVIEW_SAMPLES", 8)
+    true, pred = RNG.normal(size=(2, 40)).astype("float32")
+    weights = (RNG.random(40) > 0.4).astype("float32")
+    srcc = metrics.SRCC()
+    for start in range(0, 40, 12):
+        rows = slice(start, start + 12)
+        getattr(srcc, path)(*(keras.ops.convert_to_tensor(a[rows]) for a in (true, pred, weights)))
+    kept = weights > 0
+    expected = stats.spearmanr(true[kept][-8:], pred[kept][-8:])[0]
+    np.testing.assert_allclose(float(srcc.preview), expected, atol=1e-5)
+    np.testing.assert_allclose(float(srcc.result()), stats.spearmanr(true[kept], pred[kept])[0], atol=1e-6)
+
+
 def test_threshold_accuracy_counts_a_mean_of_exactly_5_as_low():
     """Vote histograms whose mean is exactly 5, normalised in float32 (AVA labels)."""
     votes = []
