@@ -34,8 +34,8 @@ def mean_score(distribution, bin_values=None, centered=False):
     weights = score_weights(distribution.shape, bin_values, centered)
     if weights is None:
         return distribution if len(distribution.shape) == 1 else distribution[:, 0]
-    # A product and two sums, which XLA fuses into one loop; a matmul would be a library call of
-    # its own, which costs an XLA cluster on the CPU more than all of SRCC's update besides.
+    # A product and two sums, which XLA fuses into one loop; on the CPU a matmul is a library
+    # call of its own there, costlier than the arithmetic (in a graph, both are five ops).
     total = ops.sum(distribution * ops.convert_to_tensor(weights, distribution.dtype), axis=-1)
     return total / ops.maximum(ops.sum(distribution, axis=-1), 1e-12)
 

@@ -55,7 +55,7 @@ def _average_ranks(values, valid):
 
 
 def _average_ranks_pairwise(values, valid):
-    """`_average_ranks` of a short vector from all pairwise comparisons: one fused loop, no sort.
+    """`_average_ranks` of a short vector from all pairwise comparisons, without a sort.
 
     Example:
     >>> from keras import ops
@@ -138,30 +138,6 @@ def _host_views(*values):
         else:
             views.append(value.detach().numpy())
     return views
-
-
-def _fused(metric, name, function):
-    """`function` as one XLA cluster on tensorflow (outside `tf.distribute`), else itself.
-
-    A graph of many small ops costs TensorFlow on the CPU a few microseconds per op
-    at every step, and launching a cluster about as much as a dozen of them: SRCC's
-    counts and preview (a ranking of its latest samples) pay for their cluster,
-    PLCC's few ops do not. A cluster that writes a large variable costs more than
-    the write itself as a graph op, so SRCC's buffers are written outside it.
-    """
-    if keras.backend.backend() != "tensorflow":
-        return function
-    import tensorflow as tf
-
-    if tf.distribute.has_strategy():  # sync-on-read variables stay with the strategy's own ops
-        return function
-    cache = metric.__dict__.setdefault("_fused_functions", {})
-    if name not in cache:
-        # A plain function of tensors: the metric itself is no argument for tf.function to trace.
-        cache[name] = tf.function(
-            lambda *args: function(*args), jit_compile=True, reduce_retracing=True, autograph=False
-        )
-    return cache[name]
 
 
 def _write_slots(variable, slots, values):
@@ -441,13 +417,10 @@ class SRCC(SampleBufferMetric):
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         samples = self._samples_on_host(y_true, y_pred, sample_weight)
-        if samples is not None:
+        if samples is None:
+            self._update(y_true, y_pred, sample_weight)
+        else:
             self._update_on_host(*samples)
-            return
-        # On tensorflow the counts, the latest samples and the preview run as one XLA cluster that
-        # touches only small variables; the buffers' two in-place writes follow it as graph ops.
-        slots, true, pred = _fused(self, "record", self._record)(y_true, y_pred, sample_weight)
-        self._write(slots, true, pred)
 
     def _update_on_host(self, true, pred):
         """The update of `_update` in numpy, on the variables' own memory."""
@@ -470,10 +443,6 @@ class SRCC(SampleBufferMetric):
         preview[...] = _spearman_numpy(shown[0], shown[1])
 
     def _update(self, y_true, y_pred, sample_weight=None):
-        self._write(*self._record(y_true, y_pred, sample_weight))
-
-    def _record(self, y_true, y_pred, sample_weight=None):
-        """Counts, latest samples and preview updated; returns the batch's (slots, true, pred) to write."""
         true, pred, keep = self._samples(y_true, y_pred, sample_weight)
         count = self.count.value
         if keep is None:  # slots count, count + 1, ...; past the capacity, the spare slot
@@ -486,17 +455,14 @@ class SRCC(SampleBufferMetric):
             slots = ops.where(fits, slots, ops.full_like(slots, self.max_samples))
             kept = ops.sum(ops.cast(keep, "int32"))
             written = ops.sum(ops.cast(fits, "int32"))
+        _write_slots(self.true_scores, slots, true)
+        _write_slots(self.pred_scores, slots, pred)
         new_count = count + written  # before the assign: torch's assign writes into `count` itself
         self.count.assign(new_count)
         self.dropped.assign(self.dropped.value + (kept - written))
         latest = self._latest(true, pred, keep)
         self.latest.assign(latest)
         self.preview.assign(self._preview(latest, new_count))
-        return slots, true, pred
-
-    def _write(self, slots, true, pred):
-        _write_slots(self.true_scores, slots, true)
-        _write_slots(self.pred_scores, slots, pred)
 
     def _latest(self, true, pred, keep):
         """The `_window` latest (true, pred) pairs once this batch's kept samples follow the earlier ones."""
