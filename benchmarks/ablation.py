@@ -87,6 +87,7 @@ def make_clip(args):
         epochs=args.clip_epochs,
         patch_size=args.clip_patch_size,
         grain=args.grain,
+        readout=args.clip_readout,
     )
     rng = np.random.default_rng(777)  # scenes apart from the CLIP's and every world's
     a = synthetic.sample_attributes(1300, rng)
@@ -347,7 +348,8 @@ def markdown(table, runs, args, clip_info):
         f"(align {args.align_epochs}, teacher {args.teacher_head_epochs} head-only + {args.teacher_epochs} "
         f"at lr {args.teacher_lr:g}, student {args.student_epochs}); "
         f"backend {keras.backend.backend()}. Oracle SRCC (perfect attribute reader) on these worlds: {oracle:.3f}. "
-        f"Stand-in CLIP: a linear probe of its embedding on 300 labeled scenes reaches SRCC "
+        f"Stand-in CLIP ({args.clip_readout} readout of its caption words): a linear probe of its embedding "
+        f"on 300 labeled scenes reaches SRCC "
         f"{clip_info['linear_probe_srcc_300_labels']} with the hidden score.",
     ]
     lines += ["", "| step | mean SRCC difference | 95% interval | seeds agreeing |", "| --- | --- | --- | --- |"]
@@ -416,6 +418,12 @@ def parse_args(argv=None):
     parser.add_argument("--clip-epochs", type=int, default=8)
     parser.add_argument(
         "--clip-patch-size", type=int, default=None, help="the stand-in CLIP's patches; image size // 8 by default"
+    )
+    parser.add_argument(
+        "--clip-readout",
+        choices=["sigmoid", "softmax"],
+        default="sigmoid",
+        help="how the stand-in learns its caption words: each word alone, or one softmax per attribute",
     )
     parser.add_argument("--teacher-patch-size", type=int, default=4, help="the teacher ViT's patches")
     parser.add_argument(

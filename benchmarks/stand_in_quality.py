@@ -14,7 +14,8 @@ and measures on freshly rendered scenes (never trained on):
 With `--grain`, every scene carries the fine texture that makes blur visible
 everywhere (`synthetic.render`); `laplacian_sharpness_spearman` says how
 visible blur is to a hand-made measure (the scenes' mean absolute Laplacian).
-`--patch-size` sets the stand-in ViT's patches.
+`--patch-size` sets the stand-in ViT's patches, `--readout` how it learns its
+words (`stand_in_clip`).
 
 The scenes are rendered at the model's size (the worlds' files are JPEGs seen
 through CLIP's resize; this skips both).
@@ -75,6 +76,7 @@ def main():
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--grain", type=float, default=0.0, help="the scenes' fine texture (synthetic.render)")
     parser.add_argument("--patch-size", type=int, default=None, help="the stand-in ViT's; image size // 8 by default")
+    parser.add_argument("--readout", choices=["sigmoid", "softmax"], default="sigmoid", help="as stand_in_clip's")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     size = args.image_size
@@ -83,7 +85,7 @@ def main():
     worlds = [scenes(2300, 100 + int(seed), size, args.grain) for seed in args.world_seeds.split(",")]
     report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count()}
     report["load_average_start"] = os.getloadavg()[0]
-    report.update(grain=args.grain, patch_size=args.patch_size or max(size // 8, 1))
+    report.update(grain=args.grain, patch_size=args.patch_size or max(size // 8, 1), readout=args.readout)
     report["laplacian_sharpness_spearman"] = round(
         synthetic.blur_visibility(word_test, test_attributes["sharpness"]), 3
     )
@@ -92,7 +94,13 @@ def main():
         num_images, epochs = (int(v) for v in budget.split("x"))
         start = time.time()
         clip = stand_in_clip(
-            size, seed=0, num_images=num_images, epochs=epochs, patch_size=args.patch_size, grain=args.grain
+            size,
+            seed=0,
+            num_images=num_images,
+            epochs=epochs,
+            patch_size=args.patch_size,
+            grain=args.grain,
+            readout=args.readout,
         )
 
         def embed(images):

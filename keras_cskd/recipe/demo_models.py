@@ -39,18 +39,45 @@ def small_clip(image_size, seed=0, num_layers=2, patch_size=None):
     return keras_hub.models.CLIPBackbone(vision, text, projection_dim=64)
 
 
-def stand_in_clip(image_size, seed=0, num_images=2000, epochs=8, path=None, patch_size=None, grain=0.0):
+def caption_loss(words, logits):
+    """The negative log-likelihood of a caption naming one word per attribute: a softmax per word group.
+
+    `words` are `synthetic.caption_words` (one hot word per group of
+    `synthetic.CAPTION_VOCABULARY`), `logits` one per word.
+
+    Example:
+    >>> from keras_cskd.data import synthetic
+    >>> words = synthetic.caption_words(synthetic.sample_attributes(2, np.random.default_rng(0)))
+    >>> [round(float(v), 3) for v in caption_loss(words, np.zeros_like(words))]  # 7 uniform groups
+    [15.603, 15.603]
+    """
+    from keras_cskd.data import synthetic
+
+    total, start = 0.0, 0
+    for *_, count in synthetic.CAPTION_VOCABULARY:
+        group = slice(start, start + count)
+        total = total + keras.losses.categorical_crossentropy(words[:, group], logits[:, group], from_logits=True)
+        start += count
+    return total
+
+
+def stand_in_clip(
+    image_size, seed=0, num_images=2000, epochs=8, path=None, patch_size=None, grain=0.0, readout="sigmoid"
+):
     """A small KerasHub CLIP trained offline to name what the synthetic world shows.
 
     No pretrained CLIP is reachable offline, and a random one carries nothing.
-    This stand-in's vision tower (+ projection, L2-normalized) learns, with a
-    sigmoid readout, the caption words (`synthetic.caption_words`) of
+    This stand-in's vision tower (+ projection, L2-normalized) learns the
+    caption words (`synthetic.caption_words`) of
     `num_images` scenes rendered apart from any world's files: what captions
     naming the visible attributes would teach a CLIP. It never sees scores,
     votes or qualities. With `path`, the trained teacher is saved there and
     loaded from there next time. `patch_size` is its ViT's (`small_clip`);
     `grain` renders its scenes as `make_world(..., grain=...)` renders the
-    world's.
+    world's. `readout="sigmoid"` scores each word on its own (binary
+    cross-entropy); `"softmax"` scores each caption's one word per attribute
+    against the attribute's other words (`caption_loss`), the likelihood of
+    such a caption.
 
     Returns:
         A frozen `CLIPImageTeacher` for `image_size` images.
@@ -59,6 +86,8 @@ def stand_in_clip(image_size, seed=0, num_images=2000, epochs=8, path=None, patc
 
     if path and os.path.exists(path):
         return keras.saving.load_model(path)
+    if readout not in ("sigmoid", "softmax"):
+        raise ValueError(f"readout must be 'sigmoid' or 'softmax', got {readout!r}")
     rng = np.random.default_rng(seed + 12345)
     attributes = synthetic.sample_attributes(num_images, rng)
     images = synthetic.render(attributes, image_size, rng, grain).astype("float32")
@@ -69,9 +98,10 @@ def stand_in_clip(image_size, seed=0, num_images=2000, epochs=8, path=None, patc
     inputs = keras.Input((image_size, image_size, 3))
     # Unit-norm embeddings times a temperature, then one logit per word (CLIP's scaled cosine).
     logits = keras.layers.Dense(words.shape[1])(keras.layers.Rescaling(10.0)(teacher(inputs)))
-    readout = keras.Model(inputs, logits)
-    readout.compile(optimizer=keras.optimizers.Adam(2e-3), loss=keras.losses.BinaryCrossentropy(from_logits=True))
-    readout.fit(images, words, epochs=epochs, batch_size=64, verbose=0)
+    reader = keras.Model(inputs, logits)
+    losses = {"sigmoid": keras.losses.BinaryCrossentropy(from_logits=True), "softmax": caption_loss}
+    reader.compile(optimizer=keras.optimizers.Adam(2e-3), loss=losses[readout])
+    reader.fit(images, words, epochs=epochs, batch_size=64, verbose=0)
     teacher.trainable = False
     if path:
         save_atomically(teacher, path)
