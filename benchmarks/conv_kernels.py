@@ -86,8 +86,6 @@ def _bare(backend, x, pointwise, depthwise):
 
 def _keras(backend, x, layers):
     """{'pointwise', 'depthwise'}: each Keras layer called as a model's forward runs it."""
-    import keras
-
     calls = {}
     for name, layer in layers.items():
         if backend == "torch":
@@ -119,7 +117,6 @@ def _keras(backend, x, layers):
                 return step().numpy()
 
         calls[name] = call
-    del keras
     return calls
 
 

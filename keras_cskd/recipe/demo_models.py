@@ -84,10 +84,10 @@ def stand_in_clip(
     """
     from keras_cskd.data import synthetic
 
-    if path and os.path.exists(path):
-        return keras.saving.load_model(path)
     if readout not in ("sigmoid", "softmax"):
         raise ValueError(f"readout must be 'sigmoid' or 'softmax', got {readout!r}")
+    if path and os.path.exists(path):
+        return keras.saving.load_model(path)
     rng = np.random.default_rng(seed + 12345)
     attributes = synthetic.sample_attributes(num_images, rng)
     images = synthetic.render(attributes, image_size, rng, grain).astype("float32")
