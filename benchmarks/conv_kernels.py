@@ -11,6 +11,9 @@ feature maps of 16 x 16 x 96 (MobileNetV2 at 32 px, its second stage) through:
   its users hold (torch: `F.conv2d` on NCHW tensors; jax: `lax.conv_general_dilated`
   on NHWC under `jax.jit`; tensorflow: `tf.nn.conv2d` / `depthwise_conv2d` on NHWC in a
   `tf.function`);
+- `keras_cskd` (depthwise): `keras_cskd.layers.ShiftAddDepthwiseConv2D`, the
+  depthwise layer the library's MobileNets use (shifted multiply-adds on jax's
+  CPU, Keras's own kernel elsewhere), called as `keras` is;
 - torch only, `keras_layout_copies`: `F.conv2d` with the copies Keras's torch
   backend makes on every call for channels_last data (the input permuted and
   made contiguous, then made channels_last, the kernel permuted and made
@@ -124,6 +127,8 @@ def _measure(calls, repeats):
     import keras
     import numpy as np
 
+    from keras_cskd.layers import ShiftAddDepthwiseConv2D
+
     backend = keras.backend.backend()
     if backend == "torch":  # one compute thread everywhere (jax: XLA_FLAGS, set by the driver)
         import torch
@@ -151,6 +156,12 @@ def _measure(calls, repeats):
     for name in layers:
         result[name] = {"keras_us": _time(ours[name], calls, repeats), "bare_us": _time(bare[name], calls, repeats)}
         result[name]["keras_over_bare"] = round(result[name]["keras_us"] / result[name]["bare_us"], 2)
+    shift_add = ShiftAddDepthwiseConv2D(3, padding="same", use_bias=False)
+    shift_add.build(SHAPE)
+    shift_add.set_weights([depthwise])
+    result["depthwise"]["keras_cskd_us"] = _time(
+        _keras(backend, x, {"depthwise": shift_add})["depthwise"], calls, repeats
+    )
     if backend == "torch":
         import torch
         import torch.nn.functional as F

@@ -16,6 +16,7 @@ import keras_hub
 from keras import layers
 
 from keras_cskd.layers import PixelNormalization
+from keras_cskd.layers import ShiftAddDepthwiseConv2D
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -183,6 +184,35 @@ def set_batch_norm_momentum(model, momentum):
     return count
 
 
+def use_shift_add_depthwise(model):
+    """`model` with each `keras.layers.DepthwiseConv2D` a `ShiftAddDepthwiseConv2D`, same weights.
+
+    On jax's CPU, XLA's depthwise convolution is what makes MobileNets slow there;
+    the swapped layer computes the same outputs as shifted multiply-adds there
+    and is Keras's layer elsewhere. A functional or Sequential model without
+    depthwise layers comes back as it is.
+
+    Example:
+    >>> model = use_shift_add_depthwise(keras.applications.MobileNetV2(input_shape=(32, 32, 3), weights=None))
+    >>> sum(isinstance(layer, ShiftAddDepthwiseConv2D) for layer in model.layers)
+    17
+    """
+
+    def is_plain_depthwise(layer):  # a subclass is someone's own layer: left alone
+        return type(layer) is layers.DepthwiseConv2D
+
+    if not any(map(is_plain_depthwise, model.layers)):
+        return model
+
+    def clone(layer):
+        kind = ShiftAddDepthwiseConv2D if is_plain_depthwise(layer) else layer.__class__
+        return kind.from_config(layer.get_config())
+
+    swapped = keras.models.clone_model(model, clone_function=clone)
+    swapped.set_weights(model.get_weights())
+    return swapped
+
+
 def get(spec, image_size=None, load_weights=None, preprocessing=None, name=None, batch_norm_momentum=None):
     """Resolve any backbone into a model: raw images 0..255 -> pooled feature.
 
@@ -217,6 +247,7 @@ def get(spec, image_size=None, load_weights=None, preprocessing=None, name=None,
     default_preprocessing = None
     if isinstance(spec, str):
         model, default_preprocessing = _resolve_name(spec, image_size, load_weights)
+        model = use_shift_add_depthwise(model)
     elif isinstance(spec, keras.Model):
         model = spec
         if _is_hub_or_cv_backbone(model):

@@ -1,4 +1,4 @@
-"""Layers of CSKD: pixel normalization, the MLP projector and the score heads."""
+"""Layers of CSKD: pixel normalization, the MLP projector, the score heads and a backend-aware depthwise convolution."""
 
 import keras
 import numpy as np
@@ -257,3 +257,81 @@ class MeanScore(layers.Layer):
         config = super().get_config()
         config.update({"bin_values": self.bin_values})
         return config
+
+
+def shift_add_depthwise_conv(inputs, kernel, strides=(1, 1), padding="valid", dilation_rate=(1, 1)):
+    """`keras.ops.depthwise_conv` (channels_last, 2D) as a sum of shifted, channel-scaled copies of `inputs`.
+
+    One multiply-add per kernel tap, on strided slices of the padded input:
+    plain elementwise work that XLA fuses into a loop or two. `kernel` is
+    (kh, kw, channels, depth_multiplier), as `keras.layers.DepthwiseConv2D`
+    holds it; the spatial sizes of `inputs` must be known.
+
+    Example:
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).normal(size=(2, 7, 6, 3)).astype("float32")
+    >>> k = np.random.default_rng(1).normal(size=(3, 3, 3, 2)).astype("float32")
+    >>> direct = ops.depthwise_conv(x, k, strides=2, padding="same")
+    >>> shifted = shift_add_depthwise_conv(x, k, strides=(2, 2), padding="same")
+    >>> bool(np.allclose(direct, shifted, atol=1e-5))
+    True
+    """
+    kh, kw, channels, multiplier = kernel.shape
+    if multiplier > 1:
+        inputs = ops.repeat(inputs, multiplier, axis=-1)
+        kernel = ops.reshape(kernel, (kh, kw, channels * multiplier))
+    else:
+        kernel = ops.reshape(kernel, (kh, kw, channels))
+    pads, sizes = [], []
+    for n, k, s, d in zip(inputs.shape[1:3], (kh, kw), strides, dilation_rate):
+        reach = (k - 1) * d + 1
+        size = -(-n // s) if padding == "same" else (n - reach) // s + 1
+        total = max((size - 1) * s + reach - n, 0) if padding == "same" else 0
+        pads.append((total // 2, total - total // 2))
+        sizes.append(size)
+    padded = ops.pad(inputs, ((0, 0), *pads, (0, 0))) if any(map(sum, pads)) else inputs
+    (sh, sw), (dh, dw), (oh, ow) = strides, dilation_rate, sizes
+    outputs = None
+    for i in range(kh):
+        for j in range(kw):
+            tap = padded[:, i * dh : i * dh + (oh - 1) * sh + 1 : sh, j * dw : j * dw + (ow - 1) * sw + 1 : sw, :]
+            tap = tap * kernel[i, j]
+            outputs = tap if outputs is None else outputs + tap
+    return outputs
+
+
+def _shift_add_pays():
+    """True where the shift-add depthwise convolution is the faster one: jax on a CPU.
+
+    XLA's CPU grouped convolution takes 17-48x the shift-add's time forward and
+    6-15x with its gradients (MobileNetV2's feature maps; docs/performance.md);
+    tensorflow's and torch's own depthwise kernels are fast, and on accelerators
+    XLA's is left as it is.
+    """
+    return keras.backend.backend() == "jax" and keras.distribution.list_devices()[0].startswith("cpu")
+
+
+@keras.saving.register_keras_serializable(package="keras_cskd")
+class ShiftAddDepthwiseConv2D(layers.DepthwiseConv2D):
+    """`keras.layers.DepthwiseConv2D` that runs as shifted multiply-adds where that is faster (jax on a CPU).
+
+    The same weights, configuration and outputs (to float rounding) as the Keras
+    layer on every backend; on jax's CPU it computes `shift_add_depthwise_conv`,
+    elsewhere Keras's own kernel. `keras_cskd.backbones.use_shift_add_depthwise`
+    puts it in a model built with Keras's layer.
+
+    Example:
+    >>> import numpy as np
+    >>> layer = ShiftAddDepthwiseConv2D(3, padding="same")
+    >>> tuple(layer(np.zeros((1, 8, 8, 4))).shape)
+    (1, 8, 8, 4)
+    """
+
+    def call(self, inputs):
+        static = None not in tuple(inputs.shape[1:3])
+        if not (static and self.data_format == "channels_last" and _shift_add_pays()):
+            return super().call(inputs)
+        outputs = shift_add_depthwise_conv(inputs, self.kernel, self.strides, self.padding, self.dilation_rate)
+        if self.use_bias:
+            outputs = outputs + self.bias
+        return outputs if self.activation is None else self.activation(outputs)

@@ -5,6 +5,8 @@ import pytest
 
 from keras_cskd import backbones
 from keras_cskd.clip import CLIPImageTeacher
+from keras_cskd.layers import ShiftAddDepthwiseConv2D
+from keras_cskd.layers import shift_add_depthwise_conv
 from tests import tiny
 
 
@@ -18,8 +20,55 @@ def check_feature_model(model, size=tiny.IMAGE_SIZE):
 def test_keras_applications_name():
     model = backbones.get("MobileNetV2", image_size=32)
     assert check_feature_model(model).shape[1] == 1280
+    assert any(isinstance(layer, ShiftAddDepthwiseConv2D) for layer in model.get_layer("mobilenetv2_1.00_32").layers)
     # MobileNetV2 weights expect [-1, 1]: the normalization is inside.
     assert model.get_layer("normalization").scale == pytest.approx(1 / 127.5)
+
+
+@pytest.mark.parametrize(
+    "kernel, strides, padding, dilation, multiplier",
+    [(3, 1, "same", 1, 1), (3, 2, "same", 1, 1), (3, 2, "valid", 1, 2), (5, 1, "same", 2, 1), (2, 2, "same", 1, 1)],
+)
+def test_shift_add_depthwise_conv_equals_keras_depthwise_conv(kernel, strides, padding, dilation, multiplier):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 9, 8, 3)).astype("float32")
+    k = rng.normal(size=(kernel, kernel, 3, multiplier)).astype("float32")
+    direct = keras.ops.depthwise_conv(x, k, strides=strides, padding=padding, dilation_rate=dilation)
+    shifted = shift_add_depthwise_conv(x, k, (strides,) * 2, padding, (dilation,) * 2)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(shifted), keras.ops.convert_to_numpy(direct), atol=1e-5)
+
+
+def test_use_shift_add_depthwise_swaps_only_the_layer_class():
+    plain = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, include_top=False)
+    swapped = backbones.use_shift_add_depthwise(plain)
+    pairs = [(a, b) for a, b in zip(plain.layers, swapped.layers) if isinstance(a, keras.layers.DepthwiseConv2D)]
+    assert len(pairs) == 17 and all(type(b) is ShiftAddDepthwiseConv2D for _, b in pairs)
+    assert all(a.get_config() == b.get_config() for a, b in pairs)
+    for a, b in zip(plain.get_weights(), swapped.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert backbones.use_shift_add_depthwise(swapped) is swapped
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the shift-add path is jax's (on a CPU)")
+def test_on_jax_cpu_depthwise_layers_run_without_xla_grouped_convolution():
+    import jax
+
+    layer = ShiftAddDepthwiseConv2D(3, strides=2, padding="same", use_bias=True, activation="relu")
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 4)).astype("float32")
+    layer.build(x.shape)
+    reference = keras.layers.DepthwiseConv2D.from_config(layer.get_config())
+    reference.build(x.shape)
+    reference.set_weights([w + 0.1 for w in layer.get_weights()])
+    layer.set_weights(reference.get_weights())
+
+    def loss(variables, x, layer):
+        return jax.numpy.sum(layer.stateless_call(variables, [], x)[0] ** 2)
+
+    variables = [v.value for v in layer.trainable_variables]
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss), static_argnums=2)(variables, x, layer))
+    assert "conv_general_dilated" not in jaxpr
+    for got, want in zip(jax.grad(loss)(variables, x, layer), jax.grad(loss)(variables, x, reference)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("make", [tiny.vit_backbone, tiny.swin_backbone])
