@@ -303,8 +303,8 @@ def shift_add_depthwise_conv(inputs, kernel, strides=(1, 1), padding="valid", di
 def _shift_add_pays():
     """True where the shift-add depthwise convolution is the faster one: jax on a CPU.
 
-    XLA's CPU grouped convolution takes 17-48x the shift-add's time forward and
-    6-15x with its gradients (MobileNetV2's feature maps; docs/performance.md);
+    XLA's CPU grouped convolution takes many times the shift-add's time, forward
+    and backward (`benchmarks/conv_kernels.py`, docs/performance.md);
     tensorflow's and torch's own depthwise kernels are fast, and on accelerators
     XLA's is left as it is.
     """
