@@ -1,4 +1,4 @@
-"""Where the time of keras-cskd's slowest steps goes (tensorflow or jax backend, CPU sizes).
+"""Where the time of keras-cskd's slowest steps goes (tensorflow, jax or torch backend, CPU sizes).
 
 For the teacher fine-tune, student inference and CLIP forward steps of
 `benchmarks/throughput.py` (same models, same fixed batch), it prints:
@@ -12,10 +12,15 @@ For the teacher fine-tune, student inference and CLIP forward steps of
 3. the same bare calls with XLA (`jit_compile=True`; jax is always XLA);
 4. tensorflow only, `--trace`: a `tf.profiler` trace of the Keras path,
    aggregated per op type and per part (forward / gradient / optimizer) from
-   the trace's XPlane protobuf (no TensorBoard plugin needed).
+   the trace's XPlane protobuf (no TensorBoard plugin needed);
+5. torch (one thread): the Keras path, and how much of it `torch.profiler`
+   finds inside torch's own ops (the rest is Python: Keras's layer calls), with
+   the costliest op types; `--torch-compile` adds the Keras path with
+   `jit_compile=True` (torch.compile) for inference.
 
     KERAS_BACKEND=tensorflow python benchmarks/profile_steps.py --trace
     KERAS_BACKEND=jax python benchmarks/profile_steps.py
+    KERAS_BACKEND=torch python benchmarks/profile_steps.py [--torch-compile]
 
 Milliseconds per step, median of `--repeats` runs of `--steps` steps. Times on a
 shared machine are noisy: compare rows of one invocation, not across runs.
@@ -164,6 +169,38 @@ def jax_rows(clip, teacher, student, x, y, steps, repeats):
     return rows
 
 
+def torch_rows(clip, teacher, student, x, y, steps, repeats, torch_compile=False):
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile
+
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
+    teacher.compile(optimizer="adam", metrics=[])
+    calls = {
+        "finetune": lambda: teacher.train_on_batch(x, y),
+        "inference": lambda: student.predict_on_batch(x),
+        "clip_forward": lambda: clip.predict_on_batch(x),
+    }
+    rows, ops = {}, {}
+    for name, call in calls.items():
+        rows[f"{name} keras path"] = timeit(call, steps, repeats)
+        with profile(activities=[ProfilerActivity.CPU]) as trace:
+            for _ in range(steps):
+                call()
+        events = sorted(trace.key_averages(), key=lambda e: -e.self_cpu_time_total)
+        rows[f"{name} of which in torch ops"] = round(sum(e.self_cpu_time_total for e in events) / steps / 1000, 2)
+        ops[name] = {e.key: round(e.self_cpu_time_total / steps / 1000, 2) for e in events[:6]}
+    if torch_compile:
+        student.compile(jit_compile=True)
+        start = time.perf_counter()
+        student.predict_on_batch(x)
+        rows["inference keras path, jit_compile=True: first call"] = round((time.perf_counter() - start) * 1000, 2)
+        rows["inference keras path, jit_compile=True"] = timeit(lambda: student.predict_on_batch(x), steps, repeats)
+    rows["torch ops per step, costliest"] = ops
+    return rows
+
+
 def tensorflow_trace(clip, teacher, student, x, y, steps):
     """Per op type and per part, ms per step, from a tf.profiler trace of the Keras path."""
     import tensorflow as tf
@@ -235,6 +272,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--trace", action="store_true", help="tensorflow: tf.profiler trace, per op type")
+    parser.add_argument("--torch-compile", action="store_true", help="torch: inference with jit_compile=True too")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
@@ -246,7 +284,10 @@ def main(argv=None):
     with open("/proc/loadavg") as f:
         load = " ".join(f.read().split()[:3])
     parts = build(SIZES[args.sizes])
-    rows = (jax_rows if backend == "jax" else tensorflow_rows)(*parts, args.steps, args.repeats)
+    if backend == "torch":
+        rows = torch_rows(*parts, args.steps, args.repeats, args.torch_compile)
+    else:
+        rows = (jax_rows if backend == "jax" else tensorflow_rows)(*parts, args.steps, args.repeats)
     result = {"backend": backend, "sizes": args.sizes, "loadavg_start": load, "ms_per_step": rows}
     if args.trace and backend == "tensorflow":
         result["trace"] = tensorflow_trace(*parts, args.steps)
