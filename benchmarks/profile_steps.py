@@ -13,7 +13,11 @@ For the teacher fine-tune, student inference and CLIP forward steps of
 4. tensorflow only, `--trace`: a `tf.profiler` trace of the Keras path,
    aggregated per op type and per part (forward / gradient / optimizer) from
    the trace's XPlane protobuf (no TensorBoard plugin needed);
-5. torch (one thread): the Keras path, and how much of it `torch.profiler`
+5. every backend, `--against-keras`: the library's models (`CLIPFeatureAligner`,
+   `AestheticScorer`) against hand-written `keras.Sequential` models doing the
+   same step with the same student backbone, loss and optimizer: cached
+   student alignment, the student's fine-tune, and inference;
+6. torch (one thread): the Keras path, and how much of it `torch.profiler`
    finds inside torch's own ops (the rest is Python: Keras's layer calls), with
    the costliest op types; `--torch-compile` adds the Keras path with
    `jit_compile=True` (torch.compile) for inference.
@@ -21,6 +25,7 @@ For the teacher fine-tune, student inference and CLIP forward steps of
     KERAS_BACKEND=tensorflow python benchmarks/profile_steps.py --trace
     KERAS_BACKEND=jax python benchmarks/profile_steps.py
     KERAS_BACKEND=torch python benchmarks/profile_steps.py [--torch-compile]
+    KERAS_BACKEND=jax python benchmarks/profile_steps.py --against-keras
 
 Milliseconds per step, median of `--repeats` runs of `--steps` steps. Times on a
 shared machine are noisy: compare rows of one invocation, not across runs.
@@ -68,6 +73,48 @@ def build(config):
     teacher = AestheticScorer(teacher_fn(), num_bins=bins)
     student = AestheticScorer(student_fn(), num_bins=bins)
     return clip, teacher, student, x, y
+
+
+def against_keras_rows(config, clip, x, y, steps, repeats):
+    """The library's models and hand-written `keras.Sequential` models, the same step each (ms)."""
+    import keras
+
+    from benchmarks.throughput import keras_models
+    from keras_cskd.losses import CosineAlignmentLoss
+    from keras_cskd.losses import EMDLoss
+    from keras_cskd.models import AestheticScorer
+    from keras_cskd.models import CLIPFeatureAligner
+
+    student_fn = keras_models(config)[2]
+    embeddings = keras.ops.convert_to_numpy(clip.predict_on_batch(x))
+    hidden, bins = config["projection_hidden_dim"], config["num_bins"]
+    aligner = CLIPFeatureAligner(clip, {"student": student_fn()}, projection_hidden_dim=hidden)
+    aligner.compile(optimizer="adam")
+    scorer = AestheticScorer(student_fn(), num_bins=bins)
+    scorer.compile(optimizer="adam", metrics=[])  # the same step as the hand-written one: no metrics
+    layers = keras.layers
+    plain_aligner = keras.Sequential(
+        [student_fn(), layers.Dense(hidden, activation="relu"), layers.Dense(embeddings.shape[-1])]
+    )
+    plain_aligner.compile(optimizer="adam", loss=CosineAlignmentLoss())
+    plain_scorer = keras.Sequential([student_fn(), layers.Dense(bins), layers.Softmax()])
+    plain_scorer.compile(optimizer="adam", loss=EMDLoss(squared=True))
+    calls = {
+        "align_student_cached": (
+            lambda: aligner.train_on_batch(x, embeddings),
+            lambda: plain_aligner.train_on_batch(x, embeddings),
+        ),
+        "student fine-tune": (lambda: scorer.train_on_batch(x, y), lambda: plain_scorer.train_on_batch(x, y)),
+        "inference": (lambda: scorer.predict_on_batch(x), lambda: plain_scorer.predict_on_batch(x)),
+    }
+    rows = {}
+    for name, (library, handwritten) in calls.items():
+        rows[f"{name} library"] = timeit(library, steps, repeats)
+        rows[f"{name} hand-written keras"] = timeit(handwritten, steps, repeats)
+        rows[f"{name} library again"] = timeit(library, steps, repeats)  # the load drifts: time it on both sides
+        library_ms = (rows[f"{name} library"] + rows[f"{name} library again"]) / 2
+        rows[f"{name} library / hand-written"] = round(library_ms / rows[f"{name} hand-written keras"], 2)
+    return rows
 
 
 def tensorflow_rows(clip, teacher, student, x, y, steps, repeats):
@@ -272,6 +319,9 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--trace", action="store_true", help="tensorflow: tf.profiler trace, per op type")
+    parser.add_argument(
+        "--against-keras", action="store_true", help="only the library against hand-written keras.Models"
+    )
     parser.add_argument("--torch-compile", action="store_true", help="torch: inference with jit_compile=True too")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -284,7 +334,9 @@ def main(argv=None):
     with open("/proc/loadavg") as f:
         load = " ".join(f.read().split()[:3])
     parts = build(SIZES[args.sizes])
-    if backend == "torch":
+    if args.against_keras:
+        rows = against_keras_rows(SIZES[args.sizes], parts[0], parts[3], parts[4], args.steps, args.repeats)
+    elif backend == "torch":
         rows = torch_rows(*parts, args.steps, args.repeats, args.torch_compile)
     else:
         rows = (jax_rows if backend == "jax" else tensorflow_rows)(*parts, args.steps, args.repeats)
