@@ -335,7 +335,8 @@ def main(argv=None):
         load = " ".join(f.read().split()[:3])
     parts = build(SIZES[args.sizes])
     if args.against_keras:
-        rows = against_keras_rows(SIZES[args.sizes], parts[0], parts[3], parts[4], args.steps, args.repeats)
+        clip, _, _, x, y = parts
+        rows = against_keras_rows(SIZES[args.sizes], clip, x, y, args.steps, args.repeats)
     elif backend == "torch":
         rows = torch_rows(*parts, args.steps, args.repeats, args.torch_compile)
     else:
