@@ -294,8 +294,15 @@ def worker(args):
 
         from benchmarks.peers import torch_cskd
 
-        steps = torch_cskd.steps(config, compile_models=args.peer_compile)
-        info = {"runner": "peer-torch" + ("-compile" if args.peer_compile else ""), "threads": torch.get_num_threads()}
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        autocast = torch.bfloat16 if args.mixed_precision == "mixed_bfloat16" else None
+        steps = torch_cskd.steps(config, compile_models=args.peer_compile, device=device, autocast_dtype=autocast)
+        info = {
+            "runner": "peer-torch" + ("-compile" if args.peer_compile else ""),
+            "threads": torch.get_num_threads(),
+            "device": device,
+            "autocast": str(autocast).replace("torch.", "") if autocast else "float32",
+        }
     else:
         import keras
 
@@ -575,7 +582,8 @@ def main(argv=None):
         "--mixed-precision",
         default="",
         choices=["", "mixed_bfloat16", "mixed_float16"],
-        help="Keras dtype policy of the keras-cskd runners (the peer stays float32); default float32",
+        help="Keras dtype policy of the keras-cskd runners; the peer runs mixed_bfloat16 as torch.autocast(bfloat16) "
+        "and anything else in float32; default float32",
     )
     parser.add_argument("--json", default=None)
     parser.add_argument("--markdown", default=None)
