@@ -30,7 +30,7 @@ TORCH_INDEX="https://download.pytorch.org/whl/cu124"
 DRY_RUN=0
 SKIP_INSTALL=0
 WHEELHOUSE=""
-PHASES="align,align_cached,align_student,align_student_cached,finetune,distill,distill_cached,inference,clip_forward"
+PHASES="align,align_cached,align_student,align_student_cached,finetune,distill,distill_cached,inference,inference_folded,clip_forward"
 TIMING=(--warmup 2 --repeats 3 --steps 2 --seconds 4 --cache-epochs 0)
 
 usage() { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }

@@ -13,6 +13,9 @@ random batch:
 - `distill`: phase 2 student step on B labeled + B unlabeled images with a teacher
   forward (`SemiSupervisedDistiller`); `distill_cached` with `pseudo_labels` given;
 - `inference`: student forward (`predict_on_batch`);
+- `inference_folded`: the same after folding its batch norms into the
+  convolutions (`AestheticScorer.for_inference()`, as `cskd predict` and
+  `export` run it; the peer: `torch.nn.utils.fuse_conv_bn_eval`);
 - `clip_forward`: the frozen CLIP alone.
 
 Each runner is its own process (one backend per process); each phase is
@@ -103,9 +106,19 @@ PHASES = [
     "distill",
     "distill_cached",
     "inference",
+    "inference_folded",
     "clip_forward",
 ]
-DEFAULT_PHASES = ["align", "align_cached", "finetune", "distill", "distill_cached", "inference", "clip_forward"]
+DEFAULT_PHASES = [
+    "align",
+    "align_cached",
+    "finetune",
+    "distill",
+    "distill_cached",
+    "inference",
+    "inference_folded",
+    "clip_forward",
+]
 RUNNERS = {
     "tensorflow": ("tensorflow", False),
     "tensorflow-xla": ("tensorflow", True),
@@ -277,6 +290,9 @@ def keras_steps(config, jit):
     student = AestheticScorer(student_fn(), num_bins=bins)
     student.compile(optimizer="adam", metrics=[], **jit_kw)
     result["inference"] = (lambda: student.predict_on_batch(x), b)
+    folded = student.for_inference()
+    folded.compile(**jit_kw)
+    result["inference_folded"] = (lambda: folded.predict_on_batch(x), b)
     clip.compile(**jit_kw)
     result["clip_forward"] = (lambda: clip.predict_on_batch(x), b)
     return result

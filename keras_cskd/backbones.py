@@ -8,6 +8,7 @@ local directory) or `keras_hub.models.Backbone`, a KerasCV backbone, or any
 pools its output to (batch, features).
 """
 
+import collections
 import difflib
 import os
 
@@ -211,6 +212,106 @@ def use_shift_add_depthwise(model):
     swapped = keras.models.clone_model(model, clone_function=clone)
     swapped.set_weights(model.get_weights())
     return swapped
+
+
+_FOLDABLE_CONVOLUTIONS = (layers.Conv2D, layers.DepthwiseConv2D, ShiftAddDepthwiseConv2D)
+
+
+def _foldable_pairs(model):
+    """{id(convolution): batch norm} for each convolution whose output only a batch norm reads.
+
+    Looks at the nodes of `model`'s own graph (a Sequential's through the
+    functional model it builds) and, recursively, of the models inside it.
+    """
+    graph = model._functional if isinstance(model, keras.Sequential) else model
+    if graph is None or not hasattr(graph, "_nodes_by_depth"):
+        return {}  # An unbuilt Sequential or a subclassed model: no graph to read.
+    nodes = [node for depth in graph._nodes_by_depth.values() for node in depth]
+    calls = collections.Counter(id(node.operation) for node in nodes)
+    readers = collections.Counter(id(t) for node in nodes for t in node.input_tensors)
+    readers.update(id(t) for t in graph.outputs)
+    pairs = {}
+    for node in nodes:
+        batch_norm = node.operation
+        if isinstance(batch_norm, keras.Model):
+            pairs.update(_foldable_pairs(batch_norm))
+        if type(batch_norm) is not layers.BatchNormalization or calls[id(batch_norm)] != 1:
+            continue
+        (tensor,) = node.input_tensors
+        convolution = tensor._keras_history.operation
+        if (
+            type(convolution) in _FOLDABLE_CONVOLUTIONS
+            and convolution.activation is keras.activations.linear
+            and calls[id(convolution)] == 1
+            and readers[id(tensor)] == 1
+            and batch_norm.axis in {"channels_last": (-1, 3), "channels_first": (1,)}[convolution.data_format]
+        ):
+            pairs[id(convolution)] = batch_norm
+    return pairs
+
+
+def _folded_weights(convolution, batch_norm):
+    """(kernel, bias) of `convolution` followed by `batch_norm` at inference, as one convolution."""
+    kernel = keras.ops.convert_to_numpy(convolution.kernel).astype("float64")
+    bias = keras.ops.convert_to_numpy(convolution.bias).astype("float64") if convolution.use_bias else 0.0
+    mean, variance = (keras.ops.convert_to_numpy(w).astype("float64") for w in batch_norm.non_trainable_weights)
+    gamma = keras.ops.convert_to_numpy(batch_norm.gamma).astype("float64") if batch_norm.scale else 1.0
+    beta = keras.ops.convert_to_numpy(batch_norm.beta).astype("float64") if batch_norm.center else 0.0
+    scale = gamma / (variance + batch_norm.epsilon) ** 0.5
+    # Output channel c of a depthwise kernel (h, w, channels, multiplier) is [:, :, c // m, c % m].
+    kernel = kernel * scale.reshape(kernel.shape[2:] if isinstance(convolution, layers.DepthwiseConv2D) else -1)
+    dtype = convolution.kernel.dtype
+    return [kernel.astype(dtype), ((bias - mean) * scale + beta).astype(dtype)]
+
+
+def fold_batch_norms(model):
+    """`model` for inference, each batch norm after a convolution folded into it.
+
+    A `BatchNormalization` that alone reads a `Conv2D` or `DepthwiseConv2D`
+    output (no activation between) computes, at inference, a per-channel
+    scale and shift: the copy puts them into the convolution's kernel and
+    bias and drops the layer. The outputs equal `model(x, training=False)` to
+    float rounding, with a third fewer layers in a MobileNetV2: 1.3x faster
+    `predict` on tensorflow and 1.5x on torch at 32 px (docs/performance.md).
+    The copy has no batch statistics left to train. Functional and Sequential
+    models, nested ones included (in a Sequential one an `Identity` layer
+    stands where the batch norm was); a model without such pairs comes back
+    as it is.
+
+    Example:
+    >>> model = keras.applications.MobileNetV2(input_shape=(32, 32, 3), weights=None)
+    >>> len(model.layers), len(fold_batch_norms(model).layers)
+    (156, 104)
+    """
+    pairs = _foldable_pairs(model)
+    if not pairs:
+        return model
+    folded = {id(batch_norm) for batch_norm in pairs.values()}
+    clones = []  # (original, clone) of every layer the copy makes
+    identities = set()  # ids of the layers that stand in for the folded batch norms
+
+    def clone(layer):
+        if id(layer) in folded:
+            identity = layers.Identity(name=layer.name)
+            identities.add(id(identity))
+            return identity
+        config = layer.get_config()
+        if id(layer) in pairs:
+            config["use_bias"] = True
+        copy = layer.__class__.from_config(config)
+        clones.append((layer, copy))
+        return copy
+
+    def call(layer, *args, **kwargs):  # In a functional graph the stand-in is not even called.
+        return args[0] if id(layer) in identities else layer(*args, **kwargs)
+
+    # Keras's clone takes no call_function for a Sequential model: its stand-ins stay in.
+    calls = {} if isinstance(model, keras.Sequential) else {"call_function": call}
+    copy = keras.models.clone_model(model, clone_function=clone, recursive=True, **calls)
+    for original, new in clones:
+        weights = _folded_weights(original, pairs[id(original)]) if id(original) in pairs else original.get_weights()
+        new.set_weights(weights)
+    return copy
 
 
 def get(spec, image_size=None, load_weights=None, preprocessing=None, name=None, batch_norm_momentum=None):

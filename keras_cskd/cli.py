@@ -83,6 +83,7 @@ def _predict(args):
     import numpy as np
 
     from keras_cskd import data
+    from keras_cskd.models import AestheticScorer
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be a positive number of images, got {args.batch_size}")
@@ -91,6 +92,8 @@ def _predict(args):
     model = keras.saving.load_model(args.model) if os.path.exists(args.model) else None
     if model is None:
         raise FileNotFoundError(f"model not found: {args.model}")
+    if isinstance(model, AestheticScorer):
+        model = model.for_inference()
     files = data.list_images(*args.paths)
     if not files:
         raise ValueError(f"no images found in {', '.join(args.paths)}")

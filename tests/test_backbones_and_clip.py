@@ -7,6 +7,7 @@ from keras_cskd import backbones
 from keras_cskd.clip import CLIPImageTeacher
 from keras_cskd.layers import ShiftAddDepthwiseConv2D
 from keras_cskd.layers import shift_add_depthwise_conv
+from keras_cskd.models import AestheticScorer
 from tests import tiny
 
 
@@ -47,6 +48,64 @@ def test_use_shift_add_depthwise_swaps_only_the_layer_class():
     for a, b in zip(plain.get_weights(), swapped.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert backbones.use_shift_add_depthwise(swapped) is swapped
+
+
+def test_fold_batch_norms_computes_the_same_without_the_batch_norms():
+    inner = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, include_top=False)
+    model = tiny.random_batch_statistics(backbones.get(inner))  # nested: normalization, MobileNetV2, pooling
+    folded = backbones.fold_batch_norms(model)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded._flatten_layers())
+    x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    want = keras.ops.convert_to_numpy(model(x, training=False))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(folded(x, training=False)), want, rtol=1e-4, atol=1e-5)
+    assert backbones.fold_batch_norms(folded) is folded
+
+
+def test_for_inference_folds_a_loaded_scorer_and_keeps_its_bins(tmp_path):
+    # Loading rebuilds a Sequential layer by layer, which leaves extra nodes on its layers.
+    scorer = AestheticScorer(
+        tiny.random_batch_statistics(tiny.conv_backbone(batch_norm=True)), bin_values=list(range(10))
+    )
+    scorer.save(tmp_path / "scorer.keras")
+    fast = keras.saving.load_model(tmp_path / "scorer.keras").for_inference()
+    assert isinstance(fast, AestheticScorer) and fast.bin_values == list(range(10))
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in fast._flatten_layers())
+    images = np.random.default_rng(4).uniform(0, 255, (2, tiny.IMAGE_SIZE, tiny.IMAGE_SIZE, 3))
+    np.testing.assert_allclose(fast.predict(images, verbose=0), scorer.predict(images, verbose=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_fold_batch_norms_in_sequential_models(nested):
+    sequential = keras.Sequential(
+        [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization(), keras.layers.ReLU()]
+    )
+    model = sequential
+    if nested:
+        x = keras.Input((8, 8, 3))
+        model = keras.Model(x, keras.layers.Flatten()(sequential(x)))
+    tiny.random_batch_statistics(model)
+    folded = backbones.fold_batch_norms(model)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded._flatten_layers())
+    images = np.random.default_rng(3).normal(size=(2, 8, 8, 3)).astype("float32")
+    want = keras.ops.convert_to_numpy(model(images, training=False))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(folded(images, training=False)), want, atol=1e-5)
+
+
+def test_fold_batch_norms_leaves_what_it_cannot_fold():
+    x = keras.Input((8, 8, 3))
+    read_twice = keras.layers.Conv2D(4, 3, padding="same")(x)
+    a = keras.layers.BatchNormalization()(read_twice)
+    activated = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu")(a)
+    b = keras.layers.BatchNormalization()(activated)
+    depthwise = keras.layers.DepthwiseConv2D(3, padding="same", depth_multiplier=2, use_bias=True)(b)
+    c = keras.layers.BatchNormalization(center=False)(depthwise)
+    model = tiny.random_batch_statistics(keras.Model(x, [c, read_twice]))
+    folded = backbones.fold_batch_norms(model)
+    kinds = [type(layer).__name__ for layer in folded.layers]
+    assert kinds.count("BatchNormalization") == 2  # only the multiplier-2 depthwise one folds
+    images = np.random.default_rng(2).normal(size=(2, 8, 8, 3)).astype("float32")
+    for got, want in zip(folded(images, training=False), model(images, training=False)):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(want), atol=1e-5)
 
 
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="the shift-add path is jax's (on a CPU)")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from keras_cskd import backbones
 from keras_cskd import cli
 from keras_cskd import export
 from keras_cskd.models import AestheticScorer
@@ -91,7 +92,11 @@ def expected_outputs(model, paths):
 def exported(tmp_path_factory):
     """A scorer with peaked outputs, its SavedModel, and the files it is served."""
     keras.utils.set_random_seed(3)
-    model = AestheticScorer(tiny.conv_backbone())
+    # export() folds the batch norm into the convolution: what it serves must still be this model.
+    backbone = tiny.conv_backbone(batch_norm=True)
+    backbones.set_batch_norm_momentum(backbone, 0.0)  # One training call sets the moving statistics.
+    backbone(np.random.default_rng(1).uniform(0, 255, (16, tiny.IMAGE_SIZE, tiny.IMAGE_SIZE, 3)), training=True)
+    model = AestheticScorer(backbone)
     kernel, bias = model.score_head.logits.get_weights()
     model.score_head.logits.set_weights([np.random.default_rng(0).normal(0, 3, kernel.shape).astype("float32"), bias])
     folder = tmp_path_factory.mktemp("export")

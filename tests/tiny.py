@@ -29,17 +29,41 @@ def clip_backbone(projection_dim=8):
     return keras_hub.models.CLIPBackbone(vision, text, projection_dim=projection_dim)
 
 
-def conv_backbone(width=8):
-    """A small CNN as "any keras.Model": raw 0..255 images -> pooled feature."""
+def conv_backbone(width=8, batch_norm=False):
+    """A small CNN as "any keras.Model": raw 0..255 images -> pooled feature.
+
+    `batch_norm=True`: the second convolution is followed by a batch norm.
+    """
     return keras.Sequential(
         [
             keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3)),
             keras.layers.Rescaling(1 / 255.0),
             keras.layers.Conv2D(width, 3, strides=2, activation="relu"),
-            keras.layers.Conv2D(width, 3, strides=2, activation="relu"),
+            *(
+                [keras.layers.Conv2D(width, 3, strides=2), keras.layers.BatchNormalization(), keras.layers.ReLU()]
+                if batch_norm
+                else [keras.layers.Conv2D(width, 3, strides=2, activation="relu")]
+            ),
             keras.layers.GlobalAveragePooling2D(),
         ]
     )
+
+
+def random_batch_statistics(model, seed=0):
+    """Give every batch norm of `model` non-trivial gamma, beta, mean and variance."""
+    rng = np.random.default_rng(seed)
+    draws = {
+        "gamma": lambda shape: rng.uniform(0.5, 1.5, shape),
+        "beta": lambda shape: rng.normal(0, 0.2, shape),
+        "moving_mean": lambda shape: rng.normal(0, 0.2, shape),
+        "moving_variance": lambda shape: rng.uniform(0.5, 2, shape),
+    }
+    for layer in model._flatten_layers():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            for name, draw in draws.items():
+                if (variable := getattr(layer, name, None)) is not None:
+                    variable.assign(draw(variable.shape).astype("float32"))
+    return model
 
 
 def vit_backbone():

@@ -76,6 +76,31 @@ class AestheticScorer(FunctionalModel):
             metrics = default_metrics(self.bin_values)
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
+    def for_inference(self):
+        """A copy that predicts the same, faster: `backbones.fold_batch_norms` on the backbone.
+
+        Not for training: the folded backbone has no batch norms left.
+
+        Example:
+        >>> import numpy as np
+        >>> scorer = AestheticScorer("MobileNetV2", image_size=32)
+        >>> images = np.random.uniform(0, 255, (2, 32, 32, 3))
+        >>> fast = scorer.for_inference()
+        >>> bool(np.allclose(fast.predict(images, verbose=0), scorer.predict(images, verbose=0), atol=1e-5))
+        True
+        """
+        scorer = AestheticScorer(
+            backbones.fold_batch_norms(self.backbone),
+            num_bins=self.num_bins,
+            dropout=self.dropout,
+            bin_values=self.bin_values,
+            image_size=self.image_size,
+            dtype=self.dtype_policy,
+            name=self.name,
+        )
+        scorer.score_head.set_weights(self.score_head.get_weights())
+        return scorer
+
     def score(self, images, batch_size=32, verbose=0):
         """Mean scores (numpy, shape (batch,)) of images or a dataset of them."""
         distributions = self.predict(images, batch_size=batch_size, verbose=verbose)
