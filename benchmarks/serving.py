@@ -16,7 +16,9 @@ process, one after the other in one run:
 
 For each: batch-1 latency (median and 95th percentile over `--runs` calls,
 after warm-up calls) and batch-32 throughput (images/s over `--batches`
-batches), with each runtime's default threads, and the artifact's size on disk.
+batches), with each runtime's default threads (all cores) except LiteRT's
+interpreter, whose default is one thread and which is given all cores here, and
+the artifact's size on disk.
 
     python benchmarks/serving.py --json benchmarks/serving_results.json
     python benchmarks/serving.py --models demo --runs 50       # a quick look
@@ -144,7 +146,8 @@ def runner(runtime, path, size):
     if runtime.startswith("litert"):
         from ai_edge_litert.interpreter import Interpreter
 
-        signature = Interpreter(model_path=path).get_signature_runner()
+        # Every core, as the other runtimes use by default (LiteRT's own default is one thread).
+        signature = Interpreter(model_path=path, num_threads=os.cpu_count()).get_signature_runner()
         return (lambda batch: signature(images=batch)), pixels
     if runtime == "openvino":
         import openvino

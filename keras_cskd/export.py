@@ -253,13 +253,16 @@ def litert_model(model, out, image_size=None, quantize=None, representative=None
     return out
 
 
-def litert_predict(path, images, batch_size=32):
-    """Outputs of a `.tflite` file on `images` (N, H, W, 3) float32: (distribution, mean_score)."""
+def litert_predict(path, images, batch_size=32, num_threads=None):
+    """Outputs of a `.tflite` file on `images` (N, H, W, 3) float32: (distribution, mean_score).
+
+    `num_threads` defaults to every core of this machine (LiteRT's own default is one).
+    """
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError as error:
         raise RuntimeError(f"Running a LiteRT file needs ai-edge-litert: {EXPORT_INSTALL}") from error
-    interpreter = Interpreter(model_path=str(path))
+    interpreter = Interpreter(model_path=str(path), num_threads=num_threads or os.cpu_count())
     runner = interpreter.get_signature_runner()
     distributions, means = [], []
     for start in range(0, len(images), batch_size):
