@@ -10,7 +10,7 @@ feature maps of 16 x 16 x 96 (MobileNetV2 at 32 px, its second stage) through:
 - `bare`: the same convolution written directly for the backend, in the layout
   its users hold (torch: `F.conv2d` on NCHW tensors; jax: `lax.conv_general_dilated`
   on NHWC under `jax.jit`; tensorflow: `tf.nn.conv2d` / `depthwise_conv2d` on NHWC in a
-  `tf.function`);
+  `tf.function`), and on tensorflow both again under XLA (`tf.function(jit_compile=True)`);
 - `keras_cskd` (depthwise): `keras_cskd.layers.ShiftAddDepthwiseConv2D`, the
   depthwise layer the library's MobileNets use (shifted multiply-adds on jax's
   CPU, Keras's own kernel elsewhere), called as `keras` is;
@@ -51,8 +51,11 @@ def _time(function, calls, repeats):
     return round(sorted(runs)[len(runs) // 2], 1)
 
 
-def _bare(backend, x, pointwise, depthwise):
-    """{'pointwise', 'depthwise'}: the convolutions in the backend's own API, as functions of no argument."""
+def _bare(backend, x, pointwise, depthwise, jit_compile=False):
+    """{'pointwise', 'depthwise'}: the convolutions in the backend's own API, as functions of no argument.
+
+    `jit_compile` (tensorflow only): compile the `tf.function` with XLA.
+    """
     if backend == "torch":
         import torch
         import torch.nn.functional as F
@@ -82,13 +85,13 @@ def _bare(backend, x, pointwise, depthwise):
     import tensorflow as tf
 
     x_t, w, d = (tf.constant(a) for a in (x, pointwise, depthwise))
-    conv = tf.function(lambda: tf.nn.conv2d(x_t, w, 1, "SAME"))
-    grouped = tf.function(lambda: tf.nn.depthwise_conv2d(x_t, d, [1, 1, 1, 1], "SAME"))
+    conv = tf.function(lambda: tf.nn.conv2d(x_t, w, 1, "SAME"), jit_compile=jit_compile)
+    grouped = tf.function(lambda: tf.nn.depthwise_conv2d(x_t, d, [1, 1, 1, 1], "SAME"), jit_compile=jit_compile)
     return {"pointwise": lambda: conv().numpy(), "depthwise": lambda: grouped().numpy()}
 
 
-def _keras(backend, x, layers):
-    """{'pointwise', 'depthwise'}: each Keras layer called as a model's forward runs it."""
+def _keras(backend, x, layers, jit_compile=False):
+    """{'pointwise', 'depthwise'}: each Keras layer called as a model's forward runs it (`jit_compile`: as `_bare`)."""
     calls = {}
     for name, layer in layers.items():
         if backend == "torch":
@@ -114,7 +117,7 @@ def _keras(backend, x, layers):
             import tensorflow as tf
 
             x_t = tf.constant(x)
-            step = tf.function(lambda layer=layer: layer(x_t))
+            step = tf.function(lambda layer=layer: layer(x_t), jit_compile=jit_compile)
 
             def call(step=step):
                 return step().numpy()
@@ -156,6 +159,12 @@ def _measure(calls, repeats):
     for name in layers:
         result[name] = {"keras_us": _time(ours[name], calls, repeats), "bare_us": _time(bare[name], calls, repeats)}
         result[name]["keras_over_bare"] = round(result[name]["keras_us"] / result[name]["bare_us"], 2)
+    if backend == "tensorflow":  # the same under XLA, as `compile(jit_compile=True)` runs them
+        bare_xla = _bare(backend, x, pointwise, depthwise, jit_compile=True)
+        ours_xla = _keras(backend, x, layers, jit_compile=True)
+        for name in layers:
+            result[name]["keras_xla_us"] = _time(ours_xla[name], calls, repeats)
+            result[name]["bare_xla_us"] = _time(bare_xla[name], calls, repeats)
     shift_add = ShiftAddDepthwiseConv2D(3, padding="same", use_bias=False)
     shift_add.build(SHAPE)
     shift_add.set_weights([depthwise])
