@@ -142,6 +142,26 @@ def test_compile_takes_jit_from_config_and_prepares_for_the_strategy(xla):
     steps._compile(model, tiny_config(xla=xla), distribute.data_parallel(enabled=False))  # the real one
 
 
+def test_per_model_xla_compiles_models_without_depthwise_convolutions_on_tensorflows_cpu():
+    from keras_cskd import distribute
+    from keras_cskd.recipe import steps
+
+    def compiled(*layers):
+        model = keras.Sequential([keras.Input((8, 8, 4)), *layers, keras.layers.GlobalAveragePooling2D()])
+        return steps._compile(model, tiny_config(xla="per_model"), distribute.data_parallel(enabled=False))
+
+    nested = keras.Sequential([keras.Input((8, 8, 4)), keras.layers.DepthwiseConv2D(3)])
+    plain = compiled(keras.layers.Conv2D(4, 3), keras.layers.GroupNormalization(2))
+    with_depthwise = [compiled(nested), compiled(keras.layers.Conv2D(4, 3, groups=4))]
+    default = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    default.compile(optimizer="adam")
+    if keras.backend.backend() == "tensorflow" and keras.distribution.list_devices()[0].startswith("cpu"):
+        assert plain.jit_compile is True
+        assert [model.jit_compile for model in with_depthwise] == [False, False]
+    else:
+        assert [m.jit_compile for m in [plain, *with_depthwise]] == [default.jit_compile] * 3
+
+
 def test_cli_main_prints_one_line_for_any_subcommand_error(monkeypatch, capsys):
     import argparse
 

@@ -6,7 +6,7 @@ import math
 import tomllib
 
 # The values `[train] xla` and `[train] mixed_precision` accept.
-XLA_CHOICES = ("auto", "on", "off")
+XLA_CHOICES = ("auto", "on", "off", "per_model")
 MIXED_PRECISION_CHOICES = ("", "mixed_bfloat16", "mixed_float16")
 
 
@@ -72,7 +72,11 @@ class TrainConfig:
         False, "data-parallel over all local devices / processes (keras_cskd.distribute); batch_size is global"
     )
     mixed_precision: str = _field("", "'' (float32), 'mixed_bfloat16' or 'mixed_float16'")
-    xla: str = _field("auto", "XLA / jit compilation: 'auto' (the backend's default), 'on' or 'off'")
+    xla: str = _field(
+        "auto",
+        "XLA / jit compilation: 'auto' (the backend's default), 'on', 'off' or 'per_model' "
+        "(tensorflow's CPU: XLA for models without depthwise convolutions; elsewhere 'auto')",
+    )
 
 
 @dataclasses.dataclass
@@ -199,7 +203,7 @@ _RULES = (
     ("train", "learning_rate", _finite_positive, "a positive number"),
     ("train", "unlabeled_weight", lambda v: math.isfinite(v) and v >= 0, "a non-negative number"),
     ("train", "seed", lambda v: v >= 0, "a non-negative integer"),
-    ("train", "xla", lambda v: v in XLA_CHOICES, "'auto', 'on' or 'off'"),
+    ("train", "xla", lambda v: v in XLA_CHOICES, "'auto', 'on', 'off' or 'per_model'"),
     ("train", "mixed_precision", lambda v: v in MIXED_PRECISION_CHOICES, "'', 'mixed_bfloat16' or 'mixed_float16'"),
 )
 

@@ -36,6 +36,28 @@ from keras_cskd.recipe.phase import save_atomically
 _JIT_COMPILE = {"auto": "auto", "on": True, "off": False}
 
 
+def _jit_compile(model, xla):
+    """`compile(jit_compile=...)` of `model` for `[train] xla`.
+
+    "per_model": on tensorflow without an accelerator, XLA for a model without
+    depthwise or grouped convolutions (a ViT or Swin teacher: faster) and not for
+    one with them (MobileNets: XLA's CPU grouped convolution is many times slower,
+    docs/performance.md); elsewhere Keras's default, as "auto".
+    """
+    if xla != "per_model":
+        return _JIT_COMPILE[xla]
+    if keras.backend.backend() != "tensorflow" or not keras.distribution.list_devices()[0].startswith("cpu"):
+        return "auto"
+    return not any(_is_grouped_convolution(layer) for layer in model._flatten_layers(recursive=True))
+
+
+def _is_grouped_convolution(layer):
+    """Depthwise, separable or grouped: what XLA runs as a grouped convolution."""
+    if isinstance(layer, (keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)):
+        return True
+    return isinstance(layer, keras.layers.Conv2D) and layer.groups > 1
+
+
 # === Data ===
 
 
@@ -97,7 +119,7 @@ def _compile(model, config, strategy):
     """Compile a recipe model: Adam at `[train] learning_rate`, jit from `[train] xla`, then `strategy.prepare`."""
     model.compile(
         optimizer=keras.optimizers.Adam(config.train.learning_rate),
-        jit_compile=_JIT_COMPILE[config.train.xla],
+        jit_compile=_jit_compile(model, config.train.xla),
     )
     strategy.prepare(model)
     return model
