@@ -11,6 +11,7 @@ pools its output to (batch, features).
 import collections
 import difflib
 import os
+import random
 
 import keras
 import keras_hub
@@ -212,6 +213,66 @@ def use_shift_add_depthwise(model):
     swapped = keras.models.clone_model(model, clone_function=clone)
     swapped.set_weights(model.get_weights())
     return swapped
+
+
+def _transformer_block_classes():
+    from keras_hub.src.models.clip.clip_layers import CLIPEncoderLayer
+    from keras_hub.src.models.swin_transformer.swin_transformer_layers import SwinTransformerBlock
+    from keras_hub.src.models.vit.vit_layers import ViTEncoderBlock
+
+    return (ViTEncoderBlock, SwinTransformerBlock, CLIPEncoderLayer, keras_hub.layers.TransformerEncoder)
+
+
+def _draws_random_numbers(layer):
+    """A layer with a seed generator and a nonzero rate (one without a known rate counts as random)."""
+    if not any(isinstance(value, keras.random.SeedGenerator) for value in vars(layer).values()):
+        return False
+    return getattr(layer, "rate", getattr(layer, "drop_prob", 1.0)) > 0
+
+
+def rematerialize(model):
+    """A copy of `model` whose transformer blocks recompute their activations in the backward pass.
+
+    Gradient checkpointing: a training step keeps only each block's input
+    instead of every activation inside it, and runs each block's forward once
+    more in the backward pass. The outputs and gradients are the same (to float
+    rounding); the blocks are KerasHub's ViT, Swin and CLIP encoder blocks and
+    `keras_hub.layers.TransformerEncoder`, found at any depth. A model without
+    them comes back as it is. Rematerializing is a training-time setting: a
+    saved and loaded copy keeps its activations again.
+
+    Raises `ValueError`, naming the layer, when a block draws random numbers
+    (dropout or drop path above 0): Keras draws them anew when it recomputes
+    the block, so the gradient would belong to another mask (on tensorflow) or
+    the step fails (jax, torch). Build the backbone with those rates at 0.
+
+    Example:
+    >>> import keras_hub, numpy as np
+    >>> vit = keras_hub.models.ViTBackbone(image_shape=(32, 32, 3), patch_size=8,
+    ...     num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32)
+    >>> model = rematerialize(get(vit, image_size=32))
+    >>> tuple(model(np.zeros((1, 32, 32, 3))).shape)
+    (1, 16)
+    """
+    blocks = [
+        layer for layer in model._flatten_layers(recursive=True) if isinstance(layer, _transformer_block_classes())
+    ]
+    if not blocks:
+        return model
+    for block in blocks:
+        for layer in block._flatten_layers(include_self=False, recursive=True):
+            if _draws_random_numbers(layer):
+                raise ValueError(
+                    f"Cannot rematerialize {model.name}: {layer.path or block.name + '/' + layer.name} draws random numbers in training "
+                    f"({type(layer).__name__}), which Keras would draw anew when it recomputes {block.name}; "
+                    "build the backbone with its dropout and drop-path rates at 0."
+                )
+    state = random.getstate()  # Keras seeds new layers from Python's: the copy leaves later draws as they were
+    with keras.RematScope(mode="list_of_layers", layer_names=sorted({block.name for block in blocks})):
+        copy = keras.models.clone_model(model)
+    random.setstate(state)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 _FOLDABLE_CONVOLUTIONS = (layers.Conv2D, layers.DepthwiseConv2D, ShiftAddDepthwiseConv2D)

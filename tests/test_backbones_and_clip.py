@@ -1,3 +1,5 @@
+import random
+
 import keras
 import keras_hub
 import numpy as np
@@ -106,6 +108,37 @@ def test_fold_batch_norms_leaves_what_it_cannot_fold():
     images = np.random.default_rng(2).normal(size=(2, 8, 8, 3)).astype("float32")
     for got, want in zip(folded(images, training=False), model(images, training=False)):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(want), atol=1e-5)
+
+
+def test_rematerialize_recomputes_the_transformer_blocks():
+    model = backbones.get(tiny.vit_backbone())
+    state = random.getstate()
+    rematerialized = backbones.rematerialize(model)
+    assert random.getstate() == state  # a run's later random draws do not move
+    assert tiny.recomputed_layers(rematerialized) == ["transformer_block_1"]
+    x = tiny.images(2)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(rematerialized(x)), keras.ops.convert_to_numpy(model(x)))
+    plain = tiny.conv_backbone()
+    assert backbones.rematerialize(plain) is plain
+
+
+def test_rematerialized_blocks_train_the_same():
+    model = backbones.get(tiny.swin_backbone(drop_path=0.0))  # blocks nested in stages
+    rematerialized = backbones.rematerialize(model)
+    assert tiny.recomputed_layers(rematerialized) == ["blocks_0"]
+    trained = []
+    for learner in (model, rematerialized):
+        scorer = keras.Sequential([learner, keras.layers.Dense(3, kernel_initializer="ones")])
+        scorer.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        scorer.train_on_batch(tiny.images(4), np.ones((4, 3), "float32"))
+        trained.append(tiny.weights_of(learner))
+    for got, want in zip(*trained):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_rematerialize_refuses_blocks_that_draw_random_numbers():
+    with pytest.raises(ValueError, match="drop_path.*draws random numbers.*rates at 0"):
+        backbones.rematerialize(backbones.get(tiny.swin_backbone(drop_path=0.1)))
 
 
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="the shift-add path is jax's (on a CPU)")

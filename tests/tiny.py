@@ -77,7 +77,7 @@ def vit_backbone():
     )
 
 
-def swin_backbone():
+def swin_backbone(drop_path=0.1):
     return keras_hub.models.SwinTransformerBackbone(
         image_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
         embed_dim=8,
@@ -85,6 +85,7 @@ def swin_backbone():
         num_heads=[1, 2],
         window_size=4,
         patch_size=4,
+        drop_path=drop_path,
     )
 
 
@@ -104,3 +105,9 @@ def learnable_scores(x, num_bins=10):
 
 def weights_of(model):
     return [np.array(w) for w in model.get_weights()]
+
+
+def recomputed_layers(model):
+    """Names of the layers inside `model` that `keras.RematScope` rematerializes."""
+    modes = {layer.name: layer._remat_mode for layer in model._flatten_layers()}
+    return sorted(name for name, mode in modes.items() if mode and name in mode.layer_names)
