@@ -162,6 +162,17 @@ def test_per_model_xla_compiles_models_without_depthwise_convolutions_on_tensorf
         assert [m.jit_compile for m in [plain, *with_depthwise]] == [default.jit_compile] * 3
 
 
+def test_remat_rematerializes_the_backbones_that_train_and_names_the_field_when_it_cannot():
+    from keras_cskd import backbones
+    from keras_cskd.recipe import steps
+
+    learner = steps._learner_backbone(tiny_config(remat=True), "small_vit")
+    assert tiny.recomputed_layers(learner) == ["transformer_block_1", "transformer_block_2"]
+    assert steps._trained(tiny_config(), learner) is learner
+    with pytest.raises(recipe.ConfigError, match=r"^\[train\] remat: .*drop_path.*draws random numbers"):
+        steps._trained(tiny_config(remat=True), backbones.get(tiny.swin_backbone(drop_path=0.1)))
+
+
 def test_cli_main_prints_one_line_for_any_subcommand_error(monkeypatch, capsys):
     import argparse
 

@@ -77,6 +77,11 @@ class TrainConfig:
         "XLA / jit compilation: 'auto' (the backend's default), 'on', 'off' or 'per_model' "
         "(tensorflow's CPU: XLA for models without depthwise convolutions; elsewhere 'auto')",
     )
+    remat: bool = _field(
+        False,
+        "recompute the transformer blocks of the backbones that train in their backward pass instead of keeping "
+        "their activations (less memory, one more forward per block); needs dropout and drop path 0 in those blocks",
+    )
 
 
 @dataclasses.dataclass

@@ -14,6 +14,7 @@ import shutil
 import keras
 import numpy as np
 
+from keras_cskd import backbones
 from keras_cskd import data
 from keras_cskd import distribute
 from keras_cskd import metrics as cskd_metrics
@@ -146,7 +147,17 @@ class _Run:
 
 def _learner_backbone(config, spec):
     model = config.model
-    return build_backbone(spec, config.data.image_size, model.pretrained, model.batch_norm_momentum)
+    return _trained(config, build_backbone(spec, config.data.image_size, model.pretrained, model.batch_norm_momentum))
+
+
+def _trained(config, backbone):
+    """`backbone` as a phase trains it: its transformer blocks rematerialized if `[train] remat`."""
+    if not config.train.remat:
+        return backbone
+    try:
+        return backbones.rematerialize(backbone)
+    except ValueError as error:
+        raise ConfigError(f"[train] remat: {error}") from None
 
 
 def _align(run, phase):
@@ -184,7 +195,8 @@ def _scorer(config, backbone, name):
 
 
 def _teacher(run, phase, aligner):
-    teacher = run.compile(_scorer(run.config, aligner.learners["teacher"].backbone, "teacher"))
+    backbone = _trained(run.config, aligner.learners["teacher"].backbone)
+    teacher = run.compile(_scorer(run.config, backbone, "teacher"))
     clock = data.PassClock(run.config.train.seed)
     dataset = _labeled(run.config, run.datasets, "train", True, passes=clock, shard=run.strategy.shard)
     return phase.train(teacher, dataset, run.config.train.teacher_epochs, ("loss", "srcc", "plcc"), passes=clock)
@@ -201,7 +213,7 @@ def _baseline(run, phase):
 
 def _distill(run, phase, aligner, teacher):
     config = run.config
-    student = _scorer(config, aligner.learners["student"].backbone, "student")
+    student = _scorer(config, _trained(config, aligner.learners["student"].backbone), "student")
     distiller = SemiSupervisedDistiller(teacher, student, unlabeled_weight=config.train.unlabeled_weight)
     run.compile(distiller)
     clock = data.PassClock(config.train.seed)
