@@ -36,6 +36,7 @@ rate (decoded images/s, `unlabeled_dataset(training=True)`) is reported beside.
     python benchmarks/throughput.py --runners peer,tensorflow,tensorflow-xla,peer --threads 1   # fair on a shared CPU
     python benchmarks/throughput.py --sizes ratio --runners tensorflow --cache-backend tensorflow --phases align_student,align_student_cached,clip_forward   # caching at the paper's FLOP ratio
     python benchmarks/throughput.py --sizes paper           # CLIP ViT-B/16, Swin-B, MobileNetV2 @224 (GPU)
+    python benchmarks/throughput.py --sizes paper --runners tensorflow --phases align --batch-size 64 --remat --warmup 1 --repeats 1 --steps 1 --cache-epochs 0   # memory at the paper's batch
 
 `--threads N` gives every runner N compute threads (default: each library's
 own, one per core); on a machine other jobs load, eager PyTorch's OpenMP
@@ -180,7 +181,7 @@ def time_phase(step, images, warmup, repeats, steps, budget_s):
 # === keras-cskd side ===
 
 
-def keras_models(config):
+def keras_models(config, remat=False):
     import keras_hub
 
     from keras_cskd import CLIPImageTeacher
@@ -227,8 +228,10 @@ def keras_models(config):
                 num_heads=t["num_heads"],
                 window_size=t["window_size"],
                 patch_size=t["patch_size"],
+                **({"drop_path": 0.0} if remat else {}),  # a rematerialized block must not draw random numbers
             )
-        return backbones.get(model, image_size=s)
+        features = backbones.get(model, image_size=s)
+        return backbones.rematerialize(features) if remat else features
 
     def student():
         return backbones.get(config["student"], image_size=s)
@@ -236,7 +239,8 @@ def keras_models(config):
     return clip, teacher, student
 
 
-def keras_steps(config, jit):
+def keras_steps(config, jit, phases=PHASES, remat=False):
+    """{phase: (step, images per step)} for each of `phases`; only their models are built."""
     import keras
     import numpy as np
 
@@ -246,7 +250,7 @@ def keras_steps(config, jit):
 
     keras.utils.set_random_seed(0)
     b, s, bins = config["batch_size"], config["image_size"], config["num_bins"]
-    clip, teacher_fn, student_fn = keras_models(config)
+    clip, teacher_fn, student_fn = keras_models(config, remat)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (b, s, s, 3)).astype("float32")
     x_u = rng.uniform(0, 255, (b, s, s, 3)).astype("float32")
@@ -255,47 +259,46 @@ def keras_steps(config, jit):
     hidden = config["projection_hidden_dim"]
     # Tensors, not numpy: on torch, train_on_batch passes numpy targets through
     # unconverted and the models' ops.stop_gradient fails on them.
-    embeddings = keras.ops.convert_to_tensor(np.asarray(clip.predict_on_batch(x)))
-    result = {}
+    if {"align_cached", "align_student_cached"} & set(phases):
+        embeddings = keras.ops.convert_to_tensor(np.asarray(clip.predict_on_batch(x)))
 
     def aligner(learners):
         model = CLIPFeatureAligner(clip, learners, projection_hidden_dim=hidden)
         model.compile(optimizer="adam", **jit_kw)
         return model
 
-    a = aligner({"teacher": teacher_fn(), "student": student_fn()})
-    result["align"] = (lambda: a.train_on_batch(x), b)
-    a2 = aligner({"teacher": teacher_fn(), "student": student_fn()})
-    result["align_cached"] = (lambda: a2.train_on_batch(x, embeddings), b)
-    a3 = aligner({"student": student_fn()})
-    result["align_student"] = (lambda: a3.train_on_batch(x), b)
-    a4 = aligner({"student": student_fn()})
-    result["align_student_cached"] = (lambda: a4.train_on_batch(x, embeddings), b)
+    def step(train, *args):
+        return lambda: train(*args)
 
-    teacher = AestheticScorer(teacher_fn(), num_bins=bins)
-    teacher.compile(optimizer="adam", metrics=[], **jit_kw)
-    result["finetune"] = (lambda: teacher.train_on_batch(x, y), b)
+    def build(phase):
+        if phase in ("align", "align_cached", "align_student", "align_student_cached"):
+            both = {"teacher": teacher_fn(), "student": student_fn()} if "student" not in phase else None
+            targets = (embeddings,) if phase.endswith("cached") else ()
+            return step(aligner(both or {"student": student_fn()}).train_on_batch, x, *targets), b
+        if phase == "finetune":
+            teacher = AestheticScorer(teacher_fn(), num_bins=bins)
+            teacher.compile(optimizer="adam", metrics=[], **jit_kw)
+            return step(teacher.train_on_batch, x, y), b
+        if phase in ("distill", "distill_cached"):
+            frozen = AestheticScorer(teacher_fn(), num_bins=bins)
+            inputs = {"labeled_images": x, "unlabeled_images": x_u}
+            if phase == "distill_cached":
+                inputs["pseudo_labels"] = keras.ops.convert_to_tensor(np.asarray(frozen.predict_on_batch(x_u)))
+                frozen = None
+            d = SemiSupervisedDistiller(frozen, AestheticScorer(student_fn(), num_bins=bins))
+            d.compile(optimizer="adam", metrics=[], **jit_kw)
+            return step(d.train_on_batch, inputs, y), 2 * b
+        if phase in ("inference", "inference_folded"):
+            student = AestheticScorer(student_fn(), num_bins=bins)
+            student.compile(optimizer="adam", metrics=[], **jit_kw)
+            if phase == "inference_folded":
+                student = student.for_inference()
+                student.compile(**jit_kw)
+            return step(student.predict_on_batch, x), b
+        clip.compile(**jit_kw)
+        return step(clip.predict_on_batch, x), b
 
-    frozen = AestheticScorer(teacher_fn(), num_bins=bins)
-    d = SemiSupervisedDistiller(frozen, AestheticScorer(student_fn(), num_bins=bins))
-    d.compile(optimizer="adam", metrics=[], **jit_kw)
-    inputs = {"labeled_images": x, "unlabeled_images": x_u}
-    result["distill"] = (lambda: d.train_on_batch(inputs, y), 2 * b)
-    pseudo = keras.ops.convert_to_tensor(np.asarray(frozen.predict_on_batch(x_u)))
-    d2 = SemiSupervisedDistiller(None, AestheticScorer(student_fn(), num_bins=bins))
-    d2.compile(optimizer="adam", metrics=[], **jit_kw)
-    cached_inputs = {**inputs, "pseudo_labels": pseudo}
-    result["distill_cached"] = (lambda: d2.train_on_batch(cached_inputs, y), 2 * b)
-
-    student = AestheticScorer(student_fn(), num_bins=bins)
-    student.compile(optimizer="adam", metrics=[], **jit_kw)
-    result["inference"] = (lambda: student.predict_on_batch(x), b)
-    folded = student.for_inference()
-    folded.compile(**jit_kw)
-    result["inference_folded"] = (lambda: folded.predict_on_batch(x), b)
-    clip.compile(**jit_kw)
-    result["clip_forward"] = (lambda: clip.predict_on_batch(x), b)
-    return result
+    return {phase: build(phase) for phase in PHASES if phase in phases}
 
 
 def sizes(args):
@@ -325,8 +328,9 @@ def worker(args):
         backend, jit = RUNNERS[args.worker]
         if args.mixed_precision:
             keras.config.set_dtype_policy(args.mixed_precision)
-        steps = keras_steps(config, jit)
+        steps = keras_steps(config, jit, args.phases.split(","), args.remat)
         info = {"runner": args.worker, "backend": backend, "dtype_policy": keras.config.dtype_policy().name}
+        info["remat"] = args.remat
     phases = {}
     for name in args.phases.split(","):
         if name not in steps:
@@ -601,6 +605,12 @@ def main(argv=None):
         help="Keras dtype policy of the keras-cskd runners; the peer runs mixed_bfloat16 as torch.autocast(bfloat16) "
         "and anything else in float32; default float32",
     )
+    parser.add_argument(
+        "--remat",
+        action="store_true",
+        help="keras-cskd runners: the teacher's transformer blocks recompute their activations in the backward pass "
+        "(backbones.rematerialize; a Swin teacher is then built without drop path); the peer keeps its activations",
+    )
     parser.add_argument("--json", default=None)
     parser.add_argument("--markdown", default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -638,6 +648,7 @@ def main(argv=None):
         ]
         + ([] if args.batch_size is None else ["--batch-size", str(args.batch_size)])
         + (["--peer-compile"] if args.peer_compile else [])
+        + (["--remat"] if args.remat else [])
         + (["--mixed-precision", args.mixed_precision] if args.mixed_precision else [])
         + ([] if args.threads is None else ["--threads", str(args.threads)])
     )
