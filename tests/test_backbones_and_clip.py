@@ -117,7 +117,8 @@ def test_rematerialize_recomputes_the_transformer_blocks():
     assert random.getstate() == state  # a run's later random draws do not move
     assert tiny.recomputed_layers(rematerialized) == ["transformer_block_1"]
     x = tiny.images(2)
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(rematerialized(x)), keras.ops.convert_to_numpy(model(x)))
+    want = keras.ops.convert_to_numpy(model(x))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(rematerialized(x)), want, rtol=1e-5, atol=1e-6)
     plain = tiny.conv_backbone()
     assert backbones.rematerialize(plain) is plain
 
