@@ -22,8 +22,11 @@ Each runner is its own process (one backend per process); each phase is
 warmed up (`--warmup` steps, which include tracing/compilation), then timed
 `--repeats` times over `--steps` steps; the median step time gives images/s
 (the distillation steps count labeled + unlabeled images). Compiled metrics
-are off on both sides (loss only). Peak memory is the runner process's peak
-resident set (`ru_maxrss`, all phases).
+are off on both sides (loss only). A keras-cskd runner builds only the models of
+the phases it runs. Peak memory is the runner process's peak resident set
+(`ru_maxrss`, all its phases); `--remat` rematerializes the teacher's transformer
+blocks (`keras_cskd.backbones.rematerialize`), for the memory figures in
+docs/performance.md.
 
 Then, on the fastest keras-cskd backend, `--cache-epochs` measures whole
 epochs of `fit` through the real input pipeline on a synthetic world: uncached
