@@ -254,9 +254,8 @@ def rematerialize(model):
     >>> tuple(model(np.zeros((1, 32, 32, 3))).shape)
     (1, 16)
     """
-    blocks = [
-        layer for layer in model._flatten_layers(recursive=True) if isinstance(layer, _transformer_block_classes())
-    ]
+    block_classes = _transformer_block_classes()
+    blocks = [layer for layer in model._flatten_layers(recursive=True) if isinstance(layer, block_classes)]
     if not blocks:
         return model
     for block in blocks:
