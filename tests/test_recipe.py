@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from keras_cskd import data
 from keras_cskd import recipe
 from keras_cskd.models import AestheticScorer
 from keras_cskd.models import SemiSupervisedDistiller
+from keras_cskd.recipe import demo_models
+from keras_cskd.recipe import steps
 from tests import tiny
 
 
@@ -34,6 +37,21 @@ def tiny_config(**train):
     for key, value in train.items():
         setattr(config.train, key, value)
     return config
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """`tiny_config`'s synthetic world and trained stand-in CLIP, made once by the recipe's own steps."""
+    out = str(tmp_path_factory.mktemp("prepared"))
+    steps.prepare_data(tiny_config(), out)
+    demo_models.clip_teacher(tiny_config(), out)  # trains it (~10 s): once, not once a run
+    return os.path.join(out, "world")
+
+
+def run_dir_with(world, path):
+    """A new run folder under `path` that already holds `world`, as a rerun of the demo finds it."""
+    shutil.copytree(world, path / "run" / "world")
+    return str(path / "run")
 
 
 def test_config_round_trips_and_rejects_bad_fields(tmp_path):
@@ -58,9 +76,12 @@ def test_example_configs_parse(name):
     assert config.train.align_epochs >= 1
 
 
-def test_whole_recipe_writes_every_artifact_and_skips_finished_phases(tmp_path):
-    out = str(tmp_path / "run")
+def test_whole_recipe_writes_every_artifact_and_skips_finished_phases(tmp_path, world):
+    out = run_dir_with(world, tmp_path)
+    stand_in_clip = os.path.join(out, "world", "stand_in_clip.keras")
+    trained_at = os.stat(stand_in_clip).st_mtime_ns
     results = recipe.run(tiny_config(), out, log=lambda *_: None)
+    assert os.stat(stand_in_clip).st_mtime_ns == trained_at  # the world in the run folder is reused
     gain = results.pop("cskd_gain_over_labels_only")
     assert gain["ci95"][0] <= gain["srcc_difference"] <= gain["ci95"][1]
     assert gain["test_images"] == 12
@@ -300,8 +321,8 @@ def killable_config():
 RESUME_RTOL, RESUME_ATOL = 1e-4, 1e-5
 
 
-def test_sigkill_mid_phase_resumes_from_last_completed_epoch(tmp_path):
-    out = str(tmp_path / "run")
+def test_sigkill_mid_phase_resumes_from_last_completed_epoch(tmp_path, world):
+    out = run_dir_with(world, tmp_path)
     first_checkpoint = os.path.join(out, "align", "checkpoint", "epoch-00001")  # renamed into place when complete
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     process = subprocess.Popen(
@@ -328,7 +349,7 @@ def test_sigkill_mid_phase_resumes_from_last_completed_epoch(tmp_path):
     assert not os.path.exists(os.path.join(out, "align", "checkpoint"))
 
     # The same weights as a run that was never killed: each epoch's data is fixed by (seed, epoch).
-    uninterrupted = str(tmp_path / "uninterrupted")
+    uninterrupted = run_dir_with(world, tmp_path / "uninterrupted")
     recipe.run(killable_config(), uninterrupted, phases=("align",), log=lambda *_: None)
     resumed_model = keras.saving.load_model(os.path.join(out, "align", "aligner.keras"))
     whole_model = keras.saving.load_model(os.path.join(uninterrupted, "align", "aligner.keras"))
